@@ -1,0 +1,357 @@
+"""The paper's optimizers: AdamW, SGDW, their warm-restart forms and L2 baselines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from optax_decoupled import _checks
+from optax_decoupled._masks import Mask
+from optax_decoupled._schedules import (
+    cosine_warm_restarts,
+    restart_normalized_weight_decay,
+)
+from optax_decoupled._weight_decay import (
+    add_decoupled_weight_decay,
+    add_l2,
+    as_schedule,
+)
+
+#: Default ``λ`` of the decoupled optimizers: at ``α = 1e-3`` it equals
+#: ``torch.optim.AdamW(lr=1e-3, weight_decay=0.1)``, the usual choice for
+#: transformers (PyTorch's ``λ_torch = λ / α``).
+DEFAULT_WEIGHT_DECAY = 1e-4
+
+
+def _scale_by_rate(learning_rate, schedule_multiplier, sign: float):
+  """Multiplies updates by ``sign * α_t * η_t``, one count for both."""
+  _checks.check_non_negative("learning_rate", learning_rate)
+  alpha = as_schedule(learning_rate)
+  eta = as_schedule(1.0 if schedule_multiplier is None else schedule_multiplier)
+  return optax.scale_by_schedule(lambda count: sign * alpha(count) * eta(count))
+
+
+def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov):
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_non_negative("eps", eps)
+  _checks.check_non_negative("eps_root", eps_root)
+  return optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+
+
+def _momentum(momentum, nesterov):
+  _checks.check_unit_interval("momentum", momentum)
+  return optax.trace(decay=momentum, nesterov=nesterov)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+    schedule_multiplier: optax.Schedule | None = None,
+    mask: Mask | None = None,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AdamW exactly as in the paper (Algorithm 2, decoupled weight decay).
+
+  .. math::
+
+    m_t &= β_1 m_{t-1} + (1-β_1) g_t, \quad v_t = β_2 v_{t-1} + (1-β_2) g_t^2 \\
+    \hat m_t &= m_t / (1-β_1^t), \quad \hat v_t = v_t / (1-β_2^t) \\
+    θ_t &= θ_{t-1} - η_t \left( α \hat m_t / (\sqrt{\hat v_t + ε_{root}} + ε)
+           + λ θ_{t-1} \right)
+
+  ``α`` is ``learning_rate``, ``λ`` is ``weight_decay`` and ``η_t`` is
+  ``schedule_multiplier``. The decay is multiplied by ``η_t`` but **not** by
+  ``α``, so learning rate and weight decay can be tuned independently.
+
+  optax's and PyTorch's ``adamw`` multiply the decay by the whole learning
+  rate instead. With a constant rate the two agree when ``λ = α λ_optax``:
+  ``odx.adamw(a, weight_decay=a * wd)`` equals ``optax.adamw(a,
+  weight_decay=wd)`` and ``torch.optim.AdamW(lr=a, weight_decay=wd)``.
+  If ``learning_rate`` is a schedule ``α_t``, ``η_t`` still multiplies both
+  terms and ``α_t`` only the Adam step.
+
+  Args:
+    learning_rate: ``α`` (>= 0) or a schedule of it.
+    b1: ``β_1``, in [0, 1).
+    b2: ``β_2``, in [0, 1).
+    eps: ``ε`` added to ``sqrt(v̂)`` (>= 0).
+    eps_root: ``ε_root`` added to ``v̂`` inside the root (>= 0).
+    weight_decay: ``λ`` (>= 0) or a schedule ``λ_t``; the default ``1e-4``
+      equals PyTorch's ``weight_decay=0.1`` at ``α = 1e-3``.
+    schedule_multiplier: ``η_t``, a schedule; None means ``η_t = 1``.
+    mask: leaves to decay: a pytree of bools or a callable from params to one
+      (see :func:`mask_by_ndim`, :func:`mask_by_path`); None decays all.
+    mu_dtype: dtype of the first moment ``m`` (None: the gradient's).
+    nesterov: use Nesterov momentum (as ``optax.scale_by_adam``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_decoupled as odx
+    >>> tx = odx.adamw(learning_rate=0.1, weight_decay=0.01)
+    >>> params = {"w": jnp.array([1.0, 2.0])}
+    >>> grads = {"w": jnp.array([0.5, -3.0])}
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+    >>> # First step: m̂/sqrt(v̂) = sign(g), so θ - (α sign(g) + λ θ).
+    >>> optax.apply_updates(params, updates)["w"].round(4)
+    Array([0.89, 2.08], dtype=float32)
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  return optax.chain(
+      _adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
+      _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
+      add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
+  )
+
+
+def adam_l2(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+    schedule_multiplier: optax.Schedule | None = None,
+    mask: Mask | None = None,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam with L2 regularization, the paper's baseline (Algorithm 2, "Adam").
+
+  .. math::
+
+    g_t &\leftarrow g_t + λ θ_{t-1} \\
+    θ_t &= θ_{t-1} - η_t α \hat m_t / (\sqrt{\hat v_t + ε_{root}} + ε)
+
+  with ``m̂, v̂`` as in :func:`adamw`, computed from the regularized gradient:
+  the decay passes through Adam's preconditioner. Arguments as in
+  :func:`adamw`; ``λ`` here is the L2 coefficient (``optax.adam`` after
+  ``optax.add_decayed_weights(λ)``, or ``torch.optim.Adam(weight_decay=λ)``).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> tx = odx.adam_l2(learning_rate=1e-3, weight_decay=1e-4)
+    >>> params = {"w": jnp.ones(3)}
+    >>> updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
+    >>> updates["w"]  # the L2 gradient alone, normalized by Adam: -α
+    Array([-0.001, -0.001, -0.001], dtype=float32)
+  """
+  return optax.chain(
+      add_l2(weight_decay, mask),
+      _adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
+      _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
+  )
+
+
+def sgdw(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: Any = 0.9,
+    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+    schedule_multiplier: optax.Schedule | None = None,
+    mask: Mask | None = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""SGD with momentum and decoupled weight decay (Algorithm 1, "SGDW").
+
+  .. math::
+
+    m_t &= β m_{t-1} + η_t α g_t \\
+    θ_t &= θ_{t-1} - m_t - η_t λ θ_{t-1}
+
+  with ``β = momentum``. As in the paper, ``η_t α`` sits *inside* the
+  momentum buffer (``optax.sgd`` scales after it, which differs when ``η_t``
+  or ``α`` changes). With ``nesterov=True`` the step is
+  ``β m_t + η_t α g_t`` instead of ``m_t``. The decay is not multiplied by
+  ``α`` nor carried by the momentum.
+
+  Args:
+    learning_rate: ``α`` (>= 0) or a schedule of it.
+    momentum: ``β``, in [0, 1).
+    weight_decay: ``λ`` (>= 0) or a schedule ``λ_t``.
+    schedule_multiplier: ``η_t``; None means 1.
+    mask: leaves to decay; None decays all.
+    nesterov: use Nesterov momentum.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> tx = odx.sgdw(learning_rate=0.1, momentum=0.9, weight_decay=0.01)
+    >>> params = {"w": jnp.ones(2)}
+    >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    >>> updates["w"]  # -α g - λ θ
+    Array([-0.11, -0.11], dtype=float32)
+  """
+  return optax.chain(
+      _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
+      _momentum(momentum, nesterov),
+      optax.scale(-1.0),
+      add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
+  )
+
+
+def sgd_l2(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: Any = 0.9,
+    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+    schedule_multiplier: optax.Schedule | None = None,
+    mask: Mask | None = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""SGD with momentum and L2 regularization (Algorithm 1, "SGD").
+
+  .. math::
+
+    m_t &= β m_{t-1} + η_t α (g_t + λ θ_{t-1}) \\
+    θ_t &= θ_{t-1} - m_t
+
+  Arguments as in :func:`sgdw`; ``λ`` is the L2 coefficient, as in
+  ``torch.optim.SGD(weight_decay=λ)``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> tx = odx.sgd_l2(learning_rate=0.1, weight_decay=0.01)
+    >>> params = {"w": jnp.ones(2)}
+    >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    >>> updates["w"]  # -α (g + λ θ)
+    Array([-0.101, -0.101], dtype=float32)
+  """
+  return optax.chain(
+      add_l2(weight_decay, mask),
+      _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
+      _momentum(momentum, nesterov),
+      optax.scale(-1.0),
+  )
+
+
+def _restarts(
+    first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay,
+    warmup_steps, weight_decay, normalize_weight_decay,
+):
+  """``η_t`` of SGDR and the weight decay, normalized per cycle if asked."""
+  eta = cosine_warm_restarts(
+      first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay, warmup_steps
+  )
+  if normalize_weight_decay:
+    if callable(weight_decay):
+      raise ValueError(
+          f"weight_decay={weight_decay!r} must be a number (λ_norm) when "
+          "normalize_weight_decay=True"
+      )
+    weight_decay = restart_normalized_weight_decay(
+        weight_decay,
+        first_cycle_steps=first_cycle_steps,
+        cycle_mult=cycle_mult,
+        warmup_steps=warmup_steps,
+    )
+  return eta, weight_decay
+
+
+_RESTART_DOC = """
+  ``η_t`` is :func:`cosine_warm_restarts` built from ``first_cycle_steps``,
+  ``cycle_mult``, ``min_value``, ``max_value``, ``cycle_decay`` and
+  ``warmup_steps`` (see there); the other arguments are those of :func:`{base}`.
+  As in the authors' code, Adam's moments and step count are not reset at a
+  restart. With ``normalize_weight_decay=True``, ``weight_decay`` is
+  ``λ_norm`` and the decay in cycle ``i`` is ``λ_norm / sqrt(T_i)`` with
+  ``T_i`` the cycle's length in steps (:func:`restart_normalized_weight_decay`).
+
+  Under ``optax.inject_hyperparams``, pass
+  ``static_args=("first_cycle_steps", "cycle_mult", "warmup_steps")`` to keep
+  restart steps exact at very large step counts.
+"""
+
+
+def adamwr(
+    learning_rate: optax.ScalarOrSchedule,
+    first_cycle_steps: Any,
+    cycle_mult: Any = 1,
+    min_value: Any = 0.0,
+    max_value: Any = 1.0,
+    cycle_decay: Any = 1.0,
+    warmup_steps: Any = 0,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+    mask: Mask | None = None,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    normalize_weight_decay: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """AdamWR: :func:`adamw` with SGDR's cosine warm restarts as ``η_t``.
+  {restart_doc}
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> tx = odx.adamwr(1e-3, first_cycle_steps=100, cycle_mult=2,
+    ...                 weight_decay=0.05, normalize_weight_decay=True)
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.zeros(3)}, state, params)
+    >>> updates["w"]  # -η_0 λ_norm / sqrt(100) θ
+    Array([-0.005, -0.005, -0.005], dtype=float32)
+  """
+  eta, weight_decay = _restarts(
+      first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay,
+      warmup_steps, weight_decay, normalize_weight_decay,
+  )
+  return adamw(
+      learning_rate, b1, b2, eps, eps_root, weight_decay, eta, mask, mu_dtype,
+      nesterov=nesterov,
+  )
+
+
+def sgdwr(
+    learning_rate: optax.ScalarOrSchedule,
+    first_cycle_steps: Any,
+    cycle_mult: Any = 1,
+    min_value: Any = 0.0,
+    max_value: Any = 1.0,
+    cycle_decay: Any = 1.0,
+    warmup_steps: Any = 0,
+    momentum: Any = 0.9,
+    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+    mask: Mask | None = None,
+    *,
+    nesterov: bool = False,
+    normalize_weight_decay: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """SGDWR: :func:`sgdw` with SGDR's cosine warm restarts as ``η_t``.
+  {restart_doc}
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> tx = odx.sgdwr(0.1, first_cycle_steps=10, weight_decay=1e-3)
+    >>> params = {"w": jnp.ones(2)}
+    >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    >>> updates["w"]  # η_0 = 1: -(α g + λ θ)
+    Array([-0.101, -0.101], dtype=float32)
+  """
+  eta, weight_decay = _restarts(
+      first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay,
+      warmup_steps, weight_decay, normalize_weight_decay,
+  )
+  return sgdw(learning_rate, momentum, weight_decay, eta, mask, nesterov=nesterov)
+
+
+adamwr.__doc__ = adamwr.__doc__.replace(
+    "{restart_doc}", _RESTART_DOC.format(base="adamw")
+)
+sgdwr.__doc__ = sgdwr.__doc__.replace("{restart_doc}", _RESTART_DOC.format(base="sgdw"))

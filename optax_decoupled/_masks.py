@@ -1,0 +1,166 @@
+"""Which leaves get weight decay: masks by rank and by path, and a report.
+
+A mask is what ``optax.masked`` takes: a pytree of bools with the structure of
+the parameters (or a prefix of it), or a callable that builds one from the
+parameters. ``True`` means the leaf is decayed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+Mask = Any  # a pytree of bools, or a callable from params to one
+MaskFn = Callable[[Any], Any]
+
+
+def path_to_str(path: tuple[Any, ...]) -> str:
+  """``('params', 'Dense_0', 'kernel')``-style key path as ``params/Dense_0/kernel``."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def resolve_mask(mask: Mask | None, params: Any) -> Any:
+  """The mask as a pytree of bools (a prefix of ``params``), or None."""
+  if mask is None:
+    return None
+  return mask(params) if callable(mask) else mask
+
+
+def mask_by_ndim(min_ndim: int = 2) -> MaskFn:
+  """Decays only leaves of rank ``>= min_ndim``.
+
+  With the default, kernels and embeddings are decayed while biases, norm
+  scales and scalars (rank 0 or 1) are not: the usual rule for transformers
+  and CNNs.
+
+  Args:
+    min_ndim: the smallest rank that is decayed (>= 0).
+
+  Returns:
+    A callable from params to a pytree of bools, for ``mask=``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    >>> odx.mask_by_ndim()(params)
+    {'b': False, 'w': True}
+  """
+  if isinstance(min_ndim, bool) or not isinstance(min_ndim, int) or min_ndim < 0:
+    raise ValueError(f"min_ndim={min_ndim!r} must be an integer >= 0")
+  return lambda params: jax.tree.map(lambda p: np.ndim(p) >= min_ndim, params)
+
+
+def mask_by_path(*patterns: str, decay: bool = False) -> MaskFn:
+  """Sets leaves whose path matches any regex in ``patterns`` to ``decay``.
+
+  A leaf's path is its pytree keys joined by ``/``, as
+  ``params/Dense_0/bias`` for Flax Linen or ``layers/0/bias/value`` for an
+  ``nnx.State``; a pattern matches anywhere in it (``re.search``). With
+  ``decay=False`` (the default) the matching leaves are excluded and all others
+  decayed; with ``decay=True`` only the matching leaves are decayed.
+
+  Args:
+    *patterns: regular expressions, at least one.
+    decay: what matching leaves get.
+
+  Returns:
+    A callable from params to a pytree of bools, for ``mask=``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)},
+    ...           "norm": {"scale": jnp.ones(3)}}
+    >>> odx.mask_by_path("bias", "norm")(params)
+    {'dense': {'bias': False, 'kernel': True}, 'norm': {'scale': False}}
+  """
+  if not patterns:
+    raise ValueError("mask_by_path needs at least one pattern, got patterns=()")
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except (re.error, TypeError) as e:
+      raise ValueError(f"pattern={pattern!r} is not a valid regex: {e}") from None
+
+  def mask_fn(params):
+    def leaf(path, _):
+      hit = any(c.search(path_to_str(path)) for c in compiled)
+      return decay if hit else not decay
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
+  return mask_fn
+
+
+def all_of(*masks: Mask) -> MaskFn:
+  """Decays a leaf only where every mask decays it (logical AND).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> params = {"emb": jnp.ones((4, 2)), "w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    >>> odx.all_of(odx.mask_by_ndim(), odx.mask_by_path("emb"))(params)
+    {'b': False, 'emb': False, 'w': True}
+  """
+  if not masks:
+    raise ValueError("all_of needs at least one mask, got masks=()")
+
+  def mask_fn(params):
+    trees = [_broadcast_mask(resolve_mask(m, params), params) for m in masks]
+    return jax.tree.map(lambda *bits: all(bits), *trees)
+
+  return mask_fn
+
+
+def _broadcast_mask(mask: Any, params: Any) -> Any:
+  """Expands a mask that is a prefix of ``params`` to one bool per leaf."""
+  return jax.tree.map(
+      lambda bit, sub: jax.tree.map(lambda _: bool(bit), sub), mask, params
+  )
+
+
+def describe_mask(params: Any, mask: Mask | None) -> str:
+  """A table of every leaf: path, shape, dtype and whether it is decayed.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_decoupled as odx
+    >>> params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    >>> print(odx.describe_mask(params, odx.mask_by_ndim()))
+    path  shape   dtype    decay
+    b     (3,)    float32  no
+    w     (2, 3)  float32  yes
+    decayed: 1 of 2 leaves, 6 of 9 parameters
+  """
+  bits = resolve_mask(mask, params)
+  bits = jax.tree.map(lambda _: True, params) if bits is None else bits
+  bits = _broadcast_mask(bits, params)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  flags = jax.tree.leaves(bits)
+  rows = [("path", "shape", "dtype", "decay")]
+  decayed_leaves = decayed_params = total = 0
+  for (path, leaf), flag in zip(leaves, flags, strict=True):
+    size = int(np.size(leaf))
+    total += size
+    decayed_leaves += flag
+    decayed_params += size if flag else 0
+    rows.append(
+        (path_to_str(path), str(np.shape(leaf)), str(leaf.dtype), "yes" if flag else "no")
+    )
+  widths = [max(len(r[c]) for r in rows) for c in range(4)]
+  lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+  lines.append(
+      f"decayed: {decayed_leaves} of {len(flags)} leaves, "
+      f"{decayed_params} of {total} parameters"
+  )
+  return "\n".join(lines)
