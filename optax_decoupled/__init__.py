@@ -4,8 +4,8 @@ The paper's AdamW, AdamWR, SGDW and SGDWR, their L2 baselines, and the pieces
 they are built from, as ``optax.GradientTransformation``\\ s and schedules.
 """
 
-from optax import scale_by_adam as scale_by_adam
-
+from optax_decoupled._adam import ScaleByAdamState as ScaleByAdamState
+from optax_decoupled._adam import scale_by_adam as scale_by_adam
 from optax_decoupled._alias import DEFAULT_WEIGHT_DECAY as DEFAULT_WEIGHT_DECAY
 from optax_decoupled._alias import adam_l2 as adam_l2
 from optax_decoupled._alias import adamw as adamw
@@ -19,44 +19,46 @@ from optax_decoupled._masks import mask_by_ndim as mask_by_ndim
 from optax_decoupled._masks import mask_by_path as mask_by_path
 from optax_decoupled._schedules import cosine_warm_restarts as cosine_warm_restarts
 from optax_decoupled._schedules import (
-    normalized_weight_decay as normalized_weight_decay,
+  normalized_weight_decay as normalized_weight_decay,
 )
 from optax_decoupled._schedules import (
-    restart_normalized_weight_decay as restart_normalized_weight_decay,
+  restart_normalized_weight_decay as restart_normalized_weight_decay,
 )
+from optax_decoupled._sharding import trace as trace
 from optax_decoupled._weight_decay import AddL2State as AddL2State
 from optax_decoupled._weight_decay import (
-    DecoupledWeightDecayState as DecoupledWeightDecayState,
+  DecoupledWeightDecayState as DecoupledWeightDecayState,
 )
 from optax_decoupled._weight_decay import (
-    add_decoupled_weight_decay as add_decoupled_weight_decay,
+  add_decoupled_weight_decay as add_decoupled_weight_decay,
 )
 from optax_decoupled._weight_decay import add_l2 as add_l2
 from optax_decoupled._weight_decay import (
-    with_decoupled_weight_decay as with_decoupled_weight_decay,
+  with_decoupled_weight_decay as with_decoupled_weight_decay,
 )
 
 __version__ = "0.1.0"
 
 __all__ = (
-    "DEFAULT_WEIGHT_DECAY",
-    "AddL2State",
-    "DecoupledWeightDecayState",
-    "adam_l2",
-    "adamw",
-    "adamwr",
-    "add_decoupled_weight_decay",
-    "add_l2",
-    "all_of",
-    "cosine_warm_restarts",
-    "describe_mask",
-    "mask_by_ndim",
-    "mask_by_path",
-    "normalized_weight_decay",
-    "restart_normalized_weight_decay",
-    "scale_by_adam",
-    "sgd_l2",
-    "sgdw",
-    "sgdwr",
-    "with_decoupled_weight_decay",
+  "DEFAULT_WEIGHT_DECAY",
+  "AddL2State",
+  "DecoupledWeightDecayState",
+  "adam_l2",
+  "adamw",
+  "adamwr",
+  "add_decoupled_weight_decay",
+  "add_l2",
+  "all_of",
+  "cosine_warm_restarts",
+  "describe_mask",
+  "mask_by_ndim",
+  "mask_by_path",
+  "normalized_weight_decay",
+  "restart_normalized_weight_decay",
+  "scale_by_adam",
+  "sgd_l2",
+  "sgdw",
+  "sgdwr",
+  "trace",
+  "with_decoupled_weight_decay",
 )

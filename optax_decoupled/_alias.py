@@ -7,15 +7,17 @@ from typing import Any
 import optax
 
 from optax_decoupled import _checks
+from optax_decoupled._adam import scale_by_adam
 from optax_decoupled._masks import Mask
 from optax_decoupled._schedules import (
-    cosine_warm_restarts,
-    restart_normalized_weight_decay,
+  cosine_warm_restarts,
+  restart_normalized_weight_decay,
 )
+from optax_decoupled._sharding import trace
 from optax_decoupled._weight_decay import (
-    add_decoupled_weight_decay,
-    add_l2,
-    as_schedule,
+  add_decoupled_weight_decay,
+  add_l2,
+  as_schedule,
 )
 
 #: Default ``λ`` of the decoupled optimizers: at ``α = 1e-3`` it equals
@@ -32,31 +34,23 @@ def _scale_by_rate(learning_rate, schedule_multiplier, sign: float):
   return optax.scale_by_schedule(lambda count: sign * alpha(count) * eta(count))
 
 
-def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov):
-  _checks.check_unit_interval("b1", b1)
-  _checks.check_unit_interval("b2", b2)
-  _checks.check_non_negative("eps", eps)
-  _checks.check_non_negative("eps_root", eps_root)
-  return optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
-
-
 def _momentum(momentum, nesterov):
   _checks.check_unit_interval("momentum", momentum)
-  return optax.trace(decay=momentum, nesterov=nesterov)
+  return trace(momentum, nesterov=nesterov)
 
 
 def adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
-    schedule_multiplier: optax.Schedule | None = None,
-    mask: Mask | None = None,
-    mu_dtype: Any = None,
-    *,
-    nesterov: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: Any = 0.9,
+  b2: Any = 0.999,
+  eps: Any = 1e-8,
+  eps_root: Any = 0.0,
+  weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+  schedule_multiplier: optax.Schedule | None = None,
+  mask: Mask | None = None,
+  mu_dtype: Any = None,
+  *,
+  nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW exactly as in the paper (Algorithm 2, decoupled weight decay).
 
@@ -110,24 +104,24 @@ def adamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   return optax.chain(
-      _adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
-      _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
-      add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
+    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
+    add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
   )
 
 
 def adam_l2(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
-    schedule_multiplier: optax.Schedule | None = None,
-    mask: Mask | None = None,
-    mu_dtype: Any = None,
-    *,
-    nesterov: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: Any = 0.9,
+  b2: Any = 0.999,
+  eps: Any = 1e-8,
+  eps_root: Any = 0.0,
+  weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+  schedule_multiplier: optax.Schedule | None = None,
+  mask: Mask | None = None,
+  mu_dtype: Any = None,
+  *,
+  nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with L2 regularization, the paper's baseline (Algorithm 2, "Adam").
 
@@ -150,20 +144,20 @@ def adam_l2(
     Array([-0.001, -0.001, -0.001], dtype=float32)
   """
   return optax.chain(
-      add_l2(weight_decay, mask),
-      _adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
-      _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
+    add_l2(weight_decay, mask),
+    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
   )
 
 
 def sgdw(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: Any = 0.9,
-    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
-    schedule_multiplier: optax.Schedule | None = None,
-    mask: Mask | None = None,
-    *,
-    nesterov: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: Any = 0.9,
+  weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+  schedule_multiplier: optax.Schedule | None = None,
+  mask: Mask | None = None,
+  *,
+  nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (Algorithm 1, "SGDW").
 
@@ -198,21 +192,21 @@ def sgdw(
     Array([-0.11, -0.11], dtype=float32)
   """
   return optax.chain(
-      _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
-      _momentum(momentum, nesterov),
-      optax.scale(-1.0),
-      add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
+    _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
+    _momentum(momentum, nesterov),
+    optax.scale(-1.0),
+    add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
   )
 
 
 def sgd_l2(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: Any = 0.9,
-    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
-    schedule_multiplier: optax.Schedule | None = None,
-    mask: Mask | None = None,
-    *,
-    nesterov: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: Any = 0.9,
+  weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+  schedule_multiplier: optax.Schedule | None = None,
+  mask: Mask | None = None,
+  *,
+  nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and L2 regularization (Algorithm 1, "SGD").
 
@@ -233,32 +227,38 @@ def sgd_l2(
     Array([-0.101, -0.101], dtype=float32)
   """
   return optax.chain(
-      add_l2(weight_decay, mask),
-      _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
-      _momentum(momentum, nesterov),
-      optax.scale(-1.0),
+    add_l2(weight_decay, mask),
+    _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
+    _momentum(momentum, nesterov),
+    optax.scale(-1.0),
   )
 
 
 def _restarts(
-    first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay,
-    warmup_steps, weight_decay, normalize_weight_decay,
+  first_cycle_steps,
+  cycle_mult,
+  min_value,
+  max_value,
+  cycle_decay,
+  warmup_steps,
+  weight_decay,
+  normalize_weight_decay,
 ):
   """``η_t`` of SGDR and the weight decay, normalized per cycle if asked."""
   eta = cosine_warm_restarts(
-      first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay, warmup_steps
+    first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay, warmup_steps
   )
   if normalize_weight_decay:
     if callable(weight_decay):
       raise ValueError(
-          f"weight_decay={weight_decay!r} must be a number (λ_norm) when "
-          "normalize_weight_decay=True"
+        f"weight_decay={weight_decay!r} must be a number (λ_norm) when "
+        "normalize_weight_decay=True"
       )
     weight_decay = restart_normalized_weight_decay(
-        weight_decay,
-        first_cycle_steps=first_cycle_steps,
-        cycle_mult=cycle_mult,
-        warmup_steps=warmup_steps,
+      weight_decay,
+      first_cycle_steps=first_cycle_steps,
+      cycle_mult=cycle_mult,
+      warmup_steps=warmup_steps,
     )
   return eta, weight_decay
 
@@ -279,23 +279,23 @@ _RESTART_DOC = """
 
 
 def adamwr(
-    learning_rate: optax.ScalarOrSchedule,
-    first_cycle_steps: Any,
-    cycle_mult: Any = 1,
-    min_value: Any = 0.0,
-    max_value: Any = 1.0,
-    cycle_decay: Any = 1.0,
-    warmup_steps: Any = 0,
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    eps_root: Any = 0.0,
-    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
-    mask: Mask | None = None,
-    mu_dtype: Any = None,
-    *,
-    nesterov: bool = False,
-    normalize_weight_decay: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  first_cycle_steps: Any,
+  cycle_mult: Any = 1,
+  min_value: Any = 0.0,
+  max_value: Any = 1.0,
+  cycle_decay: Any = 1.0,
+  warmup_steps: Any = 0,
+  b1: Any = 0.9,
+  b2: Any = 0.999,
+  eps: Any = 1e-8,
+  eps_root: Any = 0.0,
+  weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+  mask: Mask | None = None,
+  mu_dtype: Any = None,
+  *,
+  nesterov: bool = False,
+  normalize_weight_decay: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamWR: :func:`adamw` with SGDR's cosine warm restarts as ``η_t``.
   {restart_doc}
@@ -310,29 +310,43 @@ def adamwr(
     Array([-0.005, -0.005, -0.005], dtype=float32)
   """
   eta, weight_decay = _restarts(
-      first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay,
-      warmup_steps, weight_decay, normalize_weight_decay,
+    first_cycle_steps,
+    cycle_mult,
+    min_value,
+    max_value,
+    cycle_decay,
+    warmup_steps,
+    weight_decay,
+    normalize_weight_decay,
   )
   return adamw(
-      learning_rate, b1, b2, eps, eps_root, weight_decay, eta, mask, mu_dtype,
-      nesterov=nesterov,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay,
+    eta,
+    mask,
+    mu_dtype,
+    nesterov=nesterov,
   )
 
 
 def sgdwr(
-    learning_rate: optax.ScalarOrSchedule,
-    first_cycle_steps: Any,
-    cycle_mult: Any = 1,
-    min_value: Any = 0.0,
-    max_value: Any = 1.0,
-    cycle_decay: Any = 1.0,
-    warmup_steps: Any = 0,
-    momentum: Any = 0.9,
-    weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
-    mask: Mask | None = None,
-    *,
-    nesterov: bool = False,
-    normalize_weight_decay: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  first_cycle_steps: Any,
+  cycle_mult: Any = 1,
+  min_value: Any = 0.0,
+  max_value: Any = 1.0,
+  cycle_decay: Any = 1.0,
+  warmup_steps: Any = 0,
+  momentum: Any = 0.9,
+  weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
+  mask: Mask | None = None,
+  *,
+  nesterov: bool = False,
+  normalize_weight_decay: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """SGDWR: :func:`sgdw` with SGDR's cosine warm restarts as ``η_t``.
   {restart_doc}
@@ -345,13 +359,19 @@ def sgdwr(
     Array([-0.101, -0.101], dtype=float32)
   """
   eta, weight_decay = _restarts(
-      first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay,
-      warmup_steps, weight_decay, normalize_weight_decay,
+    first_cycle_steps,
+    cycle_mult,
+    min_value,
+    max_value,
+    cycle_decay,
+    warmup_steps,
+    weight_decay,
+    normalize_weight_decay,
   )
   return sgdw(learning_rate, momentum, weight_decay, eta, mask, nesterov=nesterov)
 
 
 adamwr.__doc__ = adamwr.__doc__.replace(
-    "{restart_doc}", _RESTART_DOC.format(base="adamw")
+  "{restart_doc}", _RESTART_DOC.format(base="adamw")
 )
 sgdwr.__doc__ = sgdwr.__doc__.replace("{restart_doc}", _RESTART_DOC.format(base="sgdw"))

@@ -126,7 +126,7 @@ def all_of(*masks: Mask) -> MaskFn:
 def _broadcast_mask(mask: Any, params: Any) -> Any:
   """Expands a mask that is a prefix of ``params`` to one bool per leaf."""
   return jax.tree.map(
-      lambda bit, sub: jax.tree.map(lambda _: bool(bit), sub), mask, params
+    lambda bit, sub: jax.tree.map(lambda _: bool(bit), sub), mask, params
   )
 
 
@@ -155,12 +155,14 @@ def describe_mask(params: Any, mask: Mask | None) -> str:
     decayed_leaves += flag
     decayed_params += size if flag else 0
     rows.append(
-        (path_to_str(path), str(np.shape(leaf)), str(leaf.dtype), "yes" if flag else "no")
+      (path_to_str(path), str(np.shape(leaf)), str(leaf.dtype), "yes" if flag else "no")
     )
   widths = [max(len(r[c]) for r in rows) for c in range(4)]
-  lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+  lines = [
+    "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+  ]
   lines.append(
-      f"decayed: {decayed_leaves} of {len(flags)} leaves, "
-      f"{decayed_params} of {total} parameters"
+    f"decayed: {decayed_leaves} of {len(flags)} leaves, "
+    f"{decayed_params} of {total} parameters"
   )
   return "\n".join(lines)

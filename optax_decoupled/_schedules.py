@@ -32,7 +32,7 @@ def _is_integral(value: float | None) -> bool:
 
 
 def cycle_position(
-    step: jax.Array, first_cycle_steps: Any, cycle_mult: Any
+  step: jax.Array, first_cycle_steps: Any, cycle_mult: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Locates ``step`` (>= 0, counted from the first cycle's start) in SGDR.
 
@@ -71,9 +71,9 @@ def cycle_position(
     return jnp.where(geometric, first * (mult**k - 1) / growth, first * k)
 
   guess = jnp.where(
-      geometric,
-      jnp.floor(jnp.log1p(s * growth / first) / jnp.log(jnp.where(geometric, mult, 2.0))),
-      jnp.floor(s / first),
+    geometric,
+    jnp.floor(jnp.log1p(s * growth / first) / jnp.log(jnp.where(geometric, mult, 2.0))),
+    jnp.floor(s / first),
   )
   k = jnp.where(s < start(guess), guess - 1, guess)
   k = jnp.where(s >= start(k + 1), k + 1, k)
@@ -88,12 +88,12 @@ def _check_cycles(first_cycle_steps: Any, cycle_mult: Any, warmup_steps: Any):
 
 
 def cosine_warm_restarts(
-    first_cycle_steps: Any,
-    cycle_mult: Any = 1,
-    min_value: Any = 0.0,
-    max_value: Any = 1.0,
-    cycle_decay: Any = 1.0,
-    warmup_steps: Any = 0,
+  first_cycle_steps: Any,
+  cycle_mult: Any = 1,
+  min_value: Any = 0.0,
+  max_value: Any = 1.0,
+  cycle_decay: Any = 1.0,
+  warmup_steps: Any = 0,
 ) -> optax.Schedule:
   r"""SGDR's cosine annealing with warm restarts, as a multiplier ``η_t``.
 
@@ -159,16 +159,14 @@ def cosine_warm_restarts(
     decay = jnp.asarray(cycle_decay, jnp.float32) ** i.astype(jnp.float32)
     peak = jnp.maximum(hi * decay, lo)
     cosine = lo + 0.5 * (peak - lo) * (1 + jnp.cos(jnp.pi * t_cur / t_i))
-    ramp = hi * count.astype(jnp.float32) / jnp.maximum(warmup, 1).astype(
-        jnp.float32
-    )
+    ramp = hi * count.astype(jnp.float32) / jnp.maximum(warmup, 1).astype(jnp.float32)
     return jnp.where(count < warmup, ramp, cosine)
 
   return schedule
 
 
 def normalized_weight_decay(
-    lambda_norm: Any, *, batch_size: Any, num_examples: Any, num_epochs: Any
+  lambda_norm: Any, *, batch_size: Any, num_examples: Any, num_epochs: Any
 ) -> Any:
   r"""The paper's normalized weight decay, ``λ = λ_norm sqrt(b / (B T))``.
 
@@ -206,11 +204,11 @@ def normalized_weight_decay(
 
 
 def restart_normalized_weight_decay(
-    lambda_norm: Any,
-    *,
-    first_cycle_steps: Any,
-    cycle_mult: Any = 1,
-    warmup_steps: Any = 0,
+  lambda_norm: Any,
+  *,
+  first_cycle_steps: Any,
+  cycle_mult: Any = 1,
+  warmup_steps: Any = 0,
 ) -> optax.Schedule:
   r"""Normalized weight decay under warm restarts: ``λ_i = λ_norm / sqrt(T_i)``.
 
@@ -244,7 +242,7 @@ def restart_normalized_weight_decay(
   def schedule(count):
     count = jnp.asarray(count, jnp.int32)
     _, _, t_i = cycle_position(
-        count - jnp.asarray(warmup_steps, jnp.int32), first_cycle_steps, cycle_mult
+      count - jnp.asarray(warmup_steps, jnp.int32), first_cycle_steps, cycle_mult
     )
     return jnp.asarray(lambda_norm, jnp.float32) * jax.lax.rsqrt(t_i)
 

@@ -55,8 +55,8 @@ def _add_scaled_params(updates, params, scale, mask):
 def _require_params(params, name):
   if params is None:
     raise ValueError(
-        f"{name} needs the parameters: call update(updates, state, params), "
-        "got params=None"
+      f"{name} needs the parameters: call update(updates, state, params), "
+      "got params=None"
     )
 
 
@@ -106,9 +106,9 @@ def add_l2(weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None):
 
 
 def add_decoupled_weight_decay(
-    weight_decay: optax.ScalarOrSchedule,
-    schedule_multiplier: optax.Schedule | None = None,
-    mask: Mask | None = None,
+  weight_decay: optax.ScalarOrSchedule,
+  schedule_multiplier: optax.Schedule | None = None,
+  mask: Mask | None = None,
 ):
   r"""Adds the paper's decoupled decay ``-η_t λ_t θ_{t-1}`` to the update.
 
@@ -154,7 +154,7 @@ def add_decoupled_weight_decay(
   def update_fn(updates, state, params=None):
     _require_params(params, "add_decoupled_weight_decay")
     scale = -jnp.asarray(eta(state.count), jnp.float32) * jnp.asarray(
-        decay(state.count), jnp.float32
+      decay(state.count), jnp.float32
     )
     updates = _add_scaled_params(updates, params, scale, resolve_mask(mask, params))
     return updates, DecoupledWeightDecayState(count=optax.safe_increment(state.count))
@@ -163,10 +163,10 @@ def add_decoupled_weight_decay(
 
 
 def with_decoupled_weight_decay(
-    tx: optax.GradientTransformation,
-    weight_decay: optax.ScalarOrSchedule,
-    schedule_multiplier: optax.Schedule | None = None,
-    mask: Mask | None = None,
+  tx: optax.GradientTransformation,
+  weight_decay: optax.ScalarOrSchedule,
+  schedule_multiplier: optax.Schedule | None = None,
+  mask: Mask | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Makes any optax optimizer decoupled: ``tx`` then ``-η_t λ_t θ_{t-1}``.
 
@@ -195,5 +195,5 @@ def with_decoupled_weight_decay(
     Array([-0.0011, -0.0011, -0.0011], dtype=float32)
   """
   return optax.chain(
-      tx, add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask)
+    tx, add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask)
   )

@@ -1,0 +1,123 @@
+"""Independent NumPy float64 transcriptions of the paper's algorithms.
+
+Written from the paper's pseudo-code (Loshchilov & Hutter, ICLR 2019,
+Algorithms 1 and 2; SGDR, ICLR 2017, eq. 5), not from the library: the tests
+check the library against these. Parameters are dicts of NumPy arrays; ``eta``,
+``alpha`` and ``lam`` are Python callables of the 0-based step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def sgdr(step, t0, t_mult=1, eta_min=0.0, eta_max=1.0, decay=1.0, warmup=0):
+  """SGDR's multiplier at 0-based ``step``, by walking the cycles one by one."""
+  if step < warmup:
+    return eta_max * step / warmup
+  t_cur, t_i, i = step - warmup, t0, 0
+  while t_cur >= t_i:
+    t_cur -= t_i
+    t_i *= t_mult
+    i += 1
+  peak = max(eta_max * decay**i, eta_min)
+  return eta_min + 0.5 * (peak - eta_min) * (1 + math.cos(math.pi * t_cur / t_i))
+
+
+def cycle_length(step, t0, t_mult=1, warmup=0):
+  """Length ``T_i`` of the cycle holding ``step`` (the first during warmup)."""
+  t_cur, t_i = max(step - warmup, 0), t0
+  while t_cur >= t_i:
+    t_cur -= t_i
+    t_i *= t_mult
+  return t_i
+
+
+def _as_fn(x):
+  return x if callable(x) else (lambda t: x)
+
+
+def adam(
+  params,
+  grads,
+  alpha,
+  *,
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  lam=0.0,
+  eta=1.0,
+  decoupled=True,
+  mask=None,
+):
+  """Algorithm 2: Adam with L2 (``decoupled=False``) or AdamW.
+
+  ``grads`` is a list of gradient dicts, one per step (computed elsewhere at
+  the parameters of that step, or fixed). Returns the parameters after each
+  step. ``mask[name]`` False means no decay for that leaf.
+  """
+  alpha, lam, eta = _as_fn(alpha), _as_fn(lam), _as_fn(eta)
+  theta = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in theta.items()}
+  v = {k: np.zeros_like(x) for k, x in theta.items()}
+  history = []
+  for t, g_t in enumerate(grads, start=1):
+    s = t - 1  # 0-based schedule step
+    new = {}
+    for k in theta:
+      decay = lam(s) if (mask is None or mask[k]) else 0.0
+      g = np.asarray(g_t[k], np.float64)
+      if not decoupled:
+        g = g + decay * theta[k]
+      m[k] = b1 * m[k] + (1 - b1) * g
+      v[k] = b2 * v[k] + (1 - b2) * g * g
+      m_hat = m[k] / (1 - b1**t)
+      v_hat = v[k] / (1 - b2**t)
+      step = alpha(s) * m_hat / (np.sqrt(v_hat) + eps)
+      if decoupled:
+        step = step + decay * theta[k]
+      new[k] = theta[k] - eta(s) * step
+    theta = new
+    history.append(dict(theta))
+  return history
+
+
+def sgd(
+  params,
+  grads,
+  alpha,
+  *,
+  momentum=0.9,
+  lam=0.0,
+  eta=1.0,
+  decoupled=True,
+  nesterov=False,
+  mask=None,
+):
+  """Algorithm 1: SGD with momentum and L2 (``decoupled=False``) or SGDW.
+
+  ``η_t α`` sits inside the momentum buffer, as in the paper. With
+  ``nesterov`` the step is ``β m_t + η_t α g_t``.
+  """
+  alpha, lam, eta = _as_fn(alpha), _as_fn(lam), _as_fn(eta)
+  theta = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in theta.items()}
+  history = []
+  for t, g_t in enumerate(grads, start=1):
+    s = t - 1
+    new = {}
+    for k in theta:
+      decay = lam(s) if (mask is None or mask[k]) else 0.0
+      g = np.asarray(g_t[k], np.float64)
+      if not decoupled:
+        g = g + decay * theta[k]
+      m[k] = momentum * m[k] + eta(s) * alpha(s) * g
+      step = momentum * m[k] + eta(s) * alpha(s) * g if nesterov else m[k]
+      new[k] = theta[k] - step
+      if decoupled:
+        new[k] = new[k] - eta(s) * decay * theta[k]
+    theta = new
+    history.append(dict(theta))
+  return history
