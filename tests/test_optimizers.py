@@ -486,6 +486,20 @@ def test_scale_by_adam_low_precision_state():
   ].dtype == jnp.dtype(jnp.bfloat16)
 
 
+def test_scale_by_adam_bf16_gradients_under_strict_promotion():
+  """bf16 gradients (strict dtype promotion): bf16 updates and moments.
+
+  Step one of Adam is ``g / (|g| + ε) = sign(g)``, a closed form.
+  """
+  tx = odx.scale_by_adam()
+  g = {k: jnp.asarray(v[0], jnp.bfloat16) for k, v in GRADS.items()}
+  updates, state = jax.jit(tx.update)(g, tx.init(g))
+  dtypes = {x.dtype for x in jax.tree.leaves((updates, state.mu, state.nu))}
+  assert dtypes == {jnp.dtype(jnp.bfloat16)}, dtypes
+  expected = {k: np.sign(np.asarray(v, np.float64)) for k, v in g.items()}
+  assert_close(updates, expected, rtol=0, atol=1e-2)
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_trace_matches_optax_trace(nesterov):
   """odx.trace gives optax.trace's updates and state type."""
