@@ -500,6 +500,34 @@ def test_scale_by_adam_bf16_gradients_under_strict_promotion():
   assert_close(updates, expected, rtol=0, atol=1e-2)
 
 
+@pytest.mark.parametrize(
+  "tx", [odx.adamw(0.1), odx.sgdw(0.1)], ids=["scale_by_adam", "trace"]
+)
+def test_state_placement_follows_params(tx):
+  """Buffers are committed (with the param's sharding) only if the param is.
+
+  optax's zeros are uncommitted; a committed buffer next to uncommitted params
+  made a jitted step compile twice (its inputs changed after step one).
+  """
+  free = {"w": jnp.ones((8, 2))}
+  buffers = [x for x in jax.tree.leaves(tx.init(free)) if x.ndim]
+  assert buffers and not any(x.committed for x in buffers), buffers
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[1])
+  pinned = {"w": jax.device_put(jnp.ones((8, 2)), sharding)}
+  buffers = [x for x in jax.tree.leaves(tx.init(pinned)) if x.ndim]
+  assert all(x.committed and x.sharding == sharding for x in buffers), buffers
+
+  @jax.jit
+  def step(p, state):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, p), state, p)
+    return optax.apply_updates(p, updates), state
+
+  carry = (free, tx.init(free))
+  for _ in range(3):
+    carry = step(*carry)
+  assert step._cache_size() == 1, step._cache_size()
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_trace_matches_optax_trace(nesterov):
   """odx.trace gives optax.trace's updates and state type."""
