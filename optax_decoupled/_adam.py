@@ -79,7 +79,8 @@ def scale_by_adam(
     count = optax.safe_increment(state.count)
 
     def leaf(g, m, v):
-      dt = jnp.promote_types(g.dtype, jnp.float32)
+      # At least float32; promote_types would raise under strict promotion.
+      dt = g.dtype if jnp.finfo(g.dtype).bits >= 32 else jnp.dtype(jnp.float32)
       beta1, beta2 = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
       t = count.astype(dt)
       g32 = g.astype(dt)

@@ -19,10 +19,15 @@ import optax
 
 
 def zeros_like_param(param: jax.Array, dtype: Any = None) -> jax.Array:
-  """Zeros of ``param``'s shape and sharding, in ``dtype`` (default: its own)."""
+  """Zeros of ``param``'s shape and placement, in ``dtype`` (default: its own)."""
   dtype = param.dtype if dtype is None else dtype
   if not isinstance(param, jax.core.Tracer):
-    return jnp.zeros(param.shape, dtype, device=getattr(param, "sharding", None))
+    # An uncommitted parameter gets an uncommitted buffer: a committed one
+    # would change the jitted step's input signature after its first call and
+    # compile it a second time.
+    committed = getattr(param, "committed", False)
+    device = param.sharding if committed else None
+    return jnp.zeros(param.shape, dtype, device=device)
   finite = jnp.where(jnp.isfinite(param), param, jnp.zeros((), param.dtype))
   return jnp.abs(finite * jnp.zeros((), param.dtype)).astype(dtype)
 

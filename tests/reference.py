@@ -50,13 +50,18 @@ def adam(
   lam=0.0,
   eta=1.0,
   decoupled=True,
+  nesterov=False,
   mask=None,
 ):
   """Algorithm 2: Adam with L2 (``decoupled=False``) or AdamW.
 
+  With ``nesterov`` the first moment is NAdam's (Dozat 2016, as optax documents
+  it): ``m̂_t = β1 m_t / (1-β1^(t+1)) + (1-β1) g_t / (1-β1^t)``.
+
   ``grads`` is a list of gradient dicts, one per step (computed elsewhere at
-  the parameters of that step, or fixed). Returns the parameters after each
-  step. ``mask[name]`` False means no decay for that leaf.
+  the parameters of that step, or fixed), or of callables that take the
+  current parameters and return one (the gradient of a real loss). Returns the
+  parameters after each step. ``mask[name]`` False means no decay for that leaf.
   """
   alpha, lam, eta = _as_fn(alpha), _as_fn(lam), _as_fn(eta)
   theta = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -65,6 +70,7 @@ def adam(
   history = []
   for t, g_t in enumerate(grads, start=1):
     s = t - 1  # 0-based schedule step
+    g_t = g_t(theta) if callable(g_t) else g_t
     new = {}
     for k in theta:
       decay = lam(s) if (mask is None or mask[k]) else 0.0
@@ -74,6 +80,8 @@ def adam(
       m[k] = b1 * m[k] + (1 - b1) * g
       v[k] = b2 * v[k] + (1 - b2) * g * g
       m_hat = m[k] / (1 - b1**t)
+      if nesterov:
+        m_hat = b1 * m[k] / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
       v_hat = v[k] / (1 - b2**t)
       step = alpha(s) * m_hat / (np.sqrt(v_hat) + eps)
       if decoupled:
@@ -99,7 +107,7 @@ def sgd(
   """Algorithm 1: SGD with momentum and L2 (``decoupled=False``) or SGDW.
 
   ``η_t α`` sits inside the momentum buffer, as in the paper. With
-  ``nesterov`` the step is ``β m_t + η_t α g_t``.
+  ``nesterov`` the step is ``β m_t + η_t α g_t``. ``grads`` as in :func:`adam`.
   """
   alpha, lam, eta = _as_fn(alpha), _as_fn(lam), _as_fn(eta)
   theta = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -107,6 +115,7 @@ def sgd(
   history = []
   for t, g_t in enumerate(grads, start=1):
     s = t - 1
+    g_t = g_t(theta) if callable(g_t) else g_t
     new = {}
     for k in theta:
       decay = lam(s) if (mask is None or mask[k]) else 0.0
