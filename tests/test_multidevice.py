@@ -239,3 +239,14 @@ def test_fsdp_jit_training_matches_unsharded(kind):
     assert p["w"].sharding.spec[0] == "fsdp", p["w"].sharding
     assert _sharding_mismatches(state, p) == []
   _assert_close(p, want)
+
+
+@pytest.mark.parametrize("name", sorted(STATE_CASES))
+def test_init_from_numpy_float64_params_is_silent_like_optax(name):
+  """Params given as NumPy float64 arrays (x64 off): tx.init builds float32
+  state without a dtype warning, as optax's own init does."""
+  params = {"w": np.zeros((2, 3)), "b": np.zeros(3)}  # float64
+  optax.adam(1e-3).init(params)  # the control: optax does not warn
+  state = STATE_CASES[name][0]().init(params)  # warnings are errors here
+  for tree in _param_like(state, params):
+    assert {a.dtype for a in jax.tree.leaves(tree)} == {jnp.dtype("float32")}, tree
