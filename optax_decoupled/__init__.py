@@ -13,6 +13,7 @@ from optax_decoupled._alias import adamwr as adamwr
 from optax_decoupled._alias import sgd_l2 as sgd_l2
 from optax_decoupled._alias import sgdw as sgdw
 from optax_decoupled._alias import sgdwr as sgdwr
+from optax_decoupled._checkpoint import check_restore_target as check_restore_target
 from optax_decoupled._masks import all_of as all_of
 from optax_decoupled._masks import describe_mask as describe_mask
 from optax_decoupled._masks import mask_by_ndim as mask_by_ndim
@@ -49,6 +50,7 @@ __all__ = (
   "add_decoupled_weight_decay",
   "add_l2",
   "all_of",
+  "check_restore_target",
   "cosine_warm_restarts",
   "describe_mask",
   "mask_by_ndim",

@@ -19,8 +19,12 @@ import optax
 
 
 def zeros_like_param(param: jax.Array, dtype: Any = None) -> jax.Array:
-  """Zeros of ``param``'s shape and placement, in ``dtype`` (default: its own)."""
-  dtype = param.dtype if dtype is None else dtype
+  """Zeros of ``param``'s shape and placement, in ``dtype`` (default: its own).
+
+  The default dtype is canonical (a NumPy float64 parameter gives float32
+  zeros when x64 is off), without the warning an explicit float64 would give.
+  """
+  dtype = jax.dtypes.canonicalize_dtype(param.dtype) if dtype is None else dtype
   if not isinstance(param, jax.core.Tracer):
     # An uncommitted parameter gets an uncommitted buffer: a committed one
     # would change the jitted step's input signature after its first call and
