@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_decoupled import _checks
+from optax_decoupled import _checks, _fused
 from optax_decoupled._sharding import tree_zeros_like_params
 
 
@@ -77,6 +77,7 @@ def scale_by_adam(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
+    one_pass = _fused.multi_output_fusion()
 
     def leaf(g, m, v):
       # At least float32; promote_types would raise under strict promotion.
@@ -86,13 +87,18 @@ def scale_by_adam(
       g32 = g.astype(dt)
       m_new = beta1 * m.astype(dt) + (1 - beta1) * g32
       v_new = beta2 * v.astype(dt) + (1 - beta2) * g32 * g32
+      m_step, v_step = m_new, v_new
+      if one_pass:  # see _fused: the step as a sibling of m_new, v_new
+        c1, c2 = _fused.distinct(beta1, beta2)
+        m_step = c1 * m.astype(dt) + (1 - c1) * g32
+        v_step = c2 * v.astype(dt) + (1 - c2) * g32 * g32
       if nesterov:
-        m_hat = beta1 * m_new / (1 - beta1 ** (t + 1)) + (1 - beta1) * g32 / (
+        m_hat = beta1 * m_step / (1 - beta1 ** (t + 1)) + (1 - beta1) * g32 / (
           1 - beta1**t
         )
       else:
-        m_hat = m_new / (1 - beta1**t)
-      v_hat = v_new / (1 - beta2**t)
+        m_hat = m_step / (1 - beta1**t)
+      v_hat = v_step / (1 - beta2**t)
       u = m_hat / (jnp.sqrt(v_hat + jnp.asarray(eps_root, dt)) + jnp.asarray(eps, dt))
       return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 

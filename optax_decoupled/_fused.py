@@ -1,0 +1,59 @@
+"""One pass over memory for Adam's step on XLA:CPU, when the compiler allows it.
+
+An AdamW step on a big leaf is pure memory traffic: read ``θ, g, m, v``, write
+``θ, m, v``, seven arrays. By default XLA:CPU compiles it into three loops (new
+``m``, new ``v``, new ``θ`` from the new ``m`` and ``v``), ten arrays of
+traffic, because it has no multi-output fusion unless asked for:
+
+.. code-block:: bash
+
+  XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion
+
+That pass only merges *sibling* loops, loops reading the same inputs. So when
+it is on, :func:`scale_by_adam` computes the step from the old moments a second
+time (same arithmetic, bitwise the same values) instead of reading the new
+moments back: the three loops then all read ``m, v, g`` and become one loop
+with three outputs, seven arrays of traffic. Without the pass the same program
+would need two temporary buffers, so the rewrite is used only when a probe
+compilation shows the pass is active.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+#: The ``XLA_FLAGS`` setting that turns on XLA:CPU's multi-output fusion.
+MULTI_OUTPUT_FUSION_FLAG = (
+  "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(backend: str) -> bool:
+  """Compiles two sibling elementwise loops; True if XLA made them one."""
+  del backend  # the cache key: the default backend of the process
+  shape = jax.ShapeDtypeStruct((4096,), jnp.float32)
+  try:
+    text = (
+      jax.jit(lambda a, b: (a * 2.0 + b, a * 3.0 - b))
+      .lower(shape, shape)
+      .compile()
+      .as_text()
+    )
+  except Exception:  # noqa: BLE001 - no probe, no rewrite
+    return False
+  return "(f32[4096]{0}, f32[4096]{0}) fusion(" in text
+
+
+def multi_output_fusion() -> bool:
+  """Whether the default backend is XLA:CPU with multi-output fusion on."""
+  backend = jax.default_backend()
+  return backend == "cpu" and _probe(backend)
+
+
+def distinct(*values: jax.Array) -> tuple[jax.Array, ...]:
+  """The same values as new HLO values, so XLA's CSE cannot merge their uses."""
+  return jax.lax.optimization_barrier(values)
