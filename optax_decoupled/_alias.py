@@ -51,6 +51,7 @@ def adamw(
   mu_dtype: Any = None,
   *,
   nesterov: bool = False,
+  nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW exactly as in the paper (Algorithm 2, decoupled weight decay).
 
@@ -85,6 +86,10 @@ def adamw(
       (see :func:`mask_by_ndim`, :func:`mask_by_path`); None decays all.
     mu_dtype: dtype of the first moment ``m`` (None: the gradient's).
     nesterov: use Nesterov momentum (as ``optax.scale_by_adam``).
+    nu_dtype: dtype of the second moment ``v`` (None: the gradient's).
+      ``jnp.bfloat16`` halves its memory but rounds away increments below
+      2^-9 of ``v`` (with ``b2 = 0.999``, ``v`` then follows only large
+      changes of ``g²``); the accuracy cost is measured in the tests.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -104,7 +109,7 @@ def adamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   return optax.chain(
-    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
     _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
     add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
   )
@@ -122,6 +127,7 @@ def adam_l2(
   mu_dtype: Any = None,
   *,
   nesterov: bool = False,
+  nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with L2 regularization, the paper's baseline (Algorithm 2, "Adam").
 
@@ -145,7 +151,7 @@ def adam_l2(
   """
   return optax.chain(
     add_l2(weight_decay, mask),
-    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
     _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
   )
 
@@ -296,6 +302,7 @@ def adamwr(
   *,
   nesterov: bool = False,
   normalize_weight_decay: bool = False,
+  nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamWR: :func:`adamw` with SGDR's cosine warm restarts as ``η_t``.
   {restart_doc}
@@ -330,6 +337,7 @@ def adamwr(
     mask,
     mu_dtype,
     nesterov=nesterov,
+    nu_dtype=nu_dtype,
   )
 
 
