@@ -87,9 +87,10 @@ def adamw(
     mu_dtype: dtype of the first moment ``m`` (None: the gradient's).
     nesterov: use Nesterov momentum (as ``optax.scale_by_adam``).
     nu_dtype: dtype of the second moment ``v`` (None: the gradient's).
-      ``jnp.bfloat16`` halves its memory but rounds away increments below
-      2^-9 of ``v`` (with ``b2 = 0.999``, ``v`` then follows only large
-      changes of ``g²``); the accuracy cost is measured in the tests.
+      ``jnp.bfloat16`` halves its memory, but a change smaller than 2^-9 of
+      ``v`` is rounded away: with ``b2 = 0.999``, ``v`` no longer decays
+      when ``g²`` falls below it (``tests/test_fast_paths.py`` measures the
+      cost).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
