@@ -11,8 +11,8 @@ traffic, because it has no multi-output fusion unless asked for:
 
 That pass only merges *sibling* loops, loops reading the same inputs. So when
 it is on, :func:`scale_by_adam` computes the step from the old moments a second
-time (same arithmetic, bitwise the same values) instead of reading the new
-moments back: the three loops then all read ``m, v, g`` and become one loop
+time (the same arithmetic; values equal up to float32 rounding, as the compiler
+may contract multiply-adds differently) instead of reading the new moments back: the three loops then all read ``m, v, g`` and become one loop
 with three outputs, seven arrays of traffic. Without the pass the same program
 would need two temporary buffers, so the rewrite is used only when a probe
 compilation shows the pass is active.
@@ -26,12 +26,10 @@ import jax
 import jax.numpy as jnp
 
 #: The ``XLA_FLAGS`` setting that turns on XLA:CPU's multi-output fusion.
-MULTI_OUTPUT_FUSION_FLAG = (
-  "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
-)
+MULTI_OUTPUT_FUSION_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(backend: str) -> bool:
   """Compiles two sibling elementwise loops; True if XLA made them one."""
   del backend  # the cache key: the default backend of the process
