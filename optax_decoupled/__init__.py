@@ -14,6 +14,10 @@ from optax_decoupled._alias import sgd_l2 as sgd_l2
 from optax_decoupled._alias import sgdw as sgdw
 from optax_decoupled._alias import sgdwr as sgdwr
 from optax_decoupled._checkpoint import check_restore_target as check_restore_target
+from optax_decoupled._flatten import (
+  FlattenSmallLeavesState as FlattenSmallLeavesState,
+)
+from optax_decoupled._flatten import flatten_small_leaves as flatten_small_leaves
 from optax_decoupled._masks import all_of as all_of
 from optax_decoupled._masks import describe_mask as describe_mask
 from optax_decoupled._masks import mask_by_ndim as mask_by_ndim
@@ -44,6 +48,7 @@ __all__ = (
   "DEFAULT_WEIGHT_DECAY",
   "AddL2State",
   "DecoupledWeightDecayState",
+  "FlattenSmallLeavesState",
   "adam_l2",
   "adamw",
   "adamwr",
@@ -53,6 +58,7 @@ __all__ = (
   "check_restore_target",
   "cosine_warm_restarts",
   "describe_mask",
+  "flatten_small_leaves",
   "mask_by_ndim",
   "mask_by_path",
   "normalized_weight_decay",
