@@ -40,7 +40,9 @@ def scale_by_adam(
   The same update as ``optax.scale_by_adam`` (Nesterov's form included), with
   three differences: the moments can be stored in a smaller dtype
   (``mu_dtype`` and ``nu_dtype``, say ``jnp.bfloat16`` to halve the state),
-  the arithmetic is done in at least float32 whatever the storage dtype, and
+  the arithmetic is done in at least float32 whatever the storage dtype (the
+  step uses ``m_t, v_t`` as stored, rounded to that dtype: one pass over
+  memory, where optax's unrounded step costs XLA a copy of the state), and
   the moments keep the parameters' sharding under ``jax.jit(tx.init)``.
 
   Args:
@@ -85,13 +87,20 @@ def scale_by_adam(
       beta1, beta2 = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
       t = count.astype(dt)
       g32 = g.astype(dt)
-      m_new = beta1 * m.astype(dt) + (1 - beta1) * g32
-      v_new = beta2 * v.astype(dt) + (1 - beta2) * g32 * g32
-      m_step, v_step = m_new, v_new
-      if one_pass:  # see _fused: the step as a sibling of m_new, v_new
-        c1, c2 = _fused.distinct(beta1, beta2)
-        m_step = c1 * m.astype(dt) + (1 - c1) * g32
-        v_step = c2 * v.astype(dt) + (1 - c2) * g32 * g32
+      c1, c2 = _fused.distinct(beta1, beta2) if one_pass else (beta1, beta2)
+      m_new = (beta1 * m.astype(dt) + (1 - beta1) * g32).astype(m.dtype)
+      v_new = (beta2 * v.astype(dt) + (1 - beta2) * g32 * g32).astype(v.dtype)
+      # The step reads the moments as stored. A moment kept in a narrower
+      # dtype (bf16) is read back rounded: recomputing the unrounded value
+      # from the old moment, which the new one overwrites in place, would make
+      # XLA copy the state. One pass (see _fused): a full-precision moment is
+      # recomputed from the old one, a sibling of m_new and v_new.
+      m_step = m_new.astype(dt)
+      if one_pass and m.dtype == dt:
+        m_step = c1 * m + (1 - c1) * g32
+      v_step = v_new.astype(dt)
+      if one_pass and v.dtype == dt:
+        v_step = c2 * v + (1 - c2) * g32 * g32
       if nesterov:
         m_hat = beta1 * m_step / (1 - beta1 ** (t + 1)) + (1 - beta1) * g32 / (
           1 - beta1**t
@@ -100,7 +109,7 @@ def scale_by_adam(
         m_hat = m_step / (1 - beta1**t)
       v_hat = v_step / (1 - beta2**t)
       u = m_hat / (jnp.sqrt(v_hat + jnp.asarray(eps_root, dt)) + jnp.asarray(eps, dt))
-      return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+      return u.astype(g.dtype), m_new, v_new
 
     out = jax.tree.map(leaf, updates, state.mu, state.nu)
     u, mu, nu = jax.tree.transpose(
