@@ -56,7 +56,7 @@ def cycle_position(
       t_cur = step - i * first
       return i, t_cur.astype(jnp.float32), jnp.float32(first)
     starts = jnp.asarray(_exact_cycle_starts(first, mult))
-    i = jnp.sum(step >= starts, dtype=jnp.int32) - 1
+    i = jnp.searchsorted(starts, step, side="right").astype(jnp.int32) - 1
     t_cur = step - starts[i]
     t_i = jnp.float32(first) * jnp.float32(mult) ** i.astype(jnp.float32)
     return i, t_cur.astype(jnp.float32), t_i
