@@ -144,6 +144,8 @@ def add_decoupled_weight_decay(
     Array([-0.01,  0.02], dtype=float32)
   """
   _checks.check_non_negative("weight_decay", weight_decay)
+  if schedule_multiplier is not None:
+    _checks.check_non_negative("schedule_multiplier", schedule_multiplier)
   decay = as_schedule(weight_decay)
   eta = as_schedule(1.0 if schedule_multiplier is None else schedule_multiplier)
 
