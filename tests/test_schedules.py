@@ -54,10 +54,8 @@ def assert_close(got, want, atol=ATOL, msg=""):
 # (first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay, warmup_steps)
 CASES = [
   (10, 1, 0.0, 1.0, 1.0, 0),
-  (7, 1, 0.2, 1.0, 1.0, 0),
   (1, 1, 0.0, 1.0, 1.0, 0),
   (1, 2, 0.0, 1.0, 1.0, 0),
-  (4, 2, 0.0, 1.0, 1.0, 0),
   (5, 3, 0.05, 1.0, 0.5, 3),
   (10, 2, 0.1, 2.0, 0.8, 25),
   (4, 1.5, 0.0, 1.0, 1.0, 0),
@@ -155,7 +153,7 @@ schedules = st.builds(
   st.floats(0.01, 2.0),
   st.floats(0.3, 1.0),
 )
-PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+PROPERTY_SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
 
 
 def evaluate(p, jit=True):
