@@ -29,6 +29,8 @@ DEFAULT_WEIGHT_DECAY = 1e-4
 def _scale_by_rate(learning_rate, schedule_multiplier, sign: float):
   """Multiplies updates by ``sign * α_t * η_t``, one count for both."""
   _checks.check_non_negative("learning_rate", learning_rate)
+  if schedule_multiplier is not None:
+    _checks.check_non_negative("schedule_multiplier", schedule_multiplier)
   alpha = as_schedule(learning_rate)
   eta = as_schedule(1.0 if schedule_multiplier is None else schedule_multiplier)
   return optax.scale_by_schedule(lambda count: sign * alpha(count) * eta(count))
