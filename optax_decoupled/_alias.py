@@ -85,6 +85,8 @@ def adamw(
     schedule_multiplier: ``η_t``, a schedule; None means ``η_t = 1``.
     mask: leaves to decay: a pytree of bools or a callable from params to one
       (see :func:`mask_by_ndim`, :func:`mask_by_path`); None decays all.
+      Under ``optax.inject_hyperparams`` pass ``static_args=("mask",)``, or
+      the mask callable is taken for a schedule.
     mu_dtype: dtype of the first moment ``m`` (None: the gradient's).
     nesterov: use Nesterov momentum (as ``optax.scale_by_adam``).
 

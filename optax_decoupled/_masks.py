@@ -48,6 +48,14 @@ def check_mask(name: str, mask: Any) -> None:
   """Checks a ``mask=`` argument: None, a callable or a pytree of bools."""
   if mask is None or callable(mask):
     return
+  if np.ndim(mask) == 0 and _is_bool_leaf(mask):
+    # What optax.inject_hyperparams makes of a mask callable: it takes every
+    # callable argument for a schedule and passes on its value at the step.
+    raise ValueError(
+      f"{name}={mask!r} must be None, a callable or a pytree of bools matching "
+      "the params, not one bool; under optax.inject_hyperparams pass "
+      f"static_args=({name!r},) so the mask is not taken for a schedule"
+    )
   leaves = jax.tree.leaves(mask)
   if not all(_is_bool_leaf(leaf) for leaf in leaves):
     raise ValueError(

@@ -7,6 +7,7 @@ checked against ``reference.adam`` with the same mask.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import reference
 
@@ -237,3 +238,19 @@ def test_good_mask_arguments_are_accepted():
   """np.int64 ranks, bool arrays and NumPy bools are valid."""
   assert odx.mask_by_ndim(np.int64(1))({"b": jnp.ones(2)}) == {"b": True}
   odx.adamw(1e-3, mask={"w": np.bool_(True), "b": jnp.asarray(False)})
+
+
+def test_inject_hyperparams_without_static_mask_is_refused_with_the_fix():
+  """inject_hyperparams takes a mask callable for a schedule and would pass its
+  value at the step (one bool: decay nothing); the optimizer refuses that bool
+  and says to use static_args, which works."""
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  with pytest.raises(ValueError, match=r"mask=False .*static_args=\('mask',\)"):
+    optax.inject_hyperparams(odx.adamw)(0.1, mask=odx.mask_by_ndim()).init(params)
+  tx = optax.inject_hyperparams(odx.adamw, static_args=("mask",))(
+    0.1, weight_decay=0.5, mask=odx.mask_by_ndim()
+  )
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.5 * np.ones((2, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(updates["b"], np.zeros(2))
