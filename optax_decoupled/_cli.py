@@ -254,11 +254,16 @@ def _parser():
   return parser
 
 
-_LR_RANGES = {"adam": (3e-4, 3e-2), "sgd": (3e-3, 3e-1)}
+#: Adam's lower end is 1e-3, not lower: shorter effective runs at tiny rates
+#: underfit the noisy labels and act as early stopping, which would hide the
+#: effect of weight decay that the sweep is about.
+_LR_RANGES = {"adam": (1e-3, 3e-2), "sgd": (3e-3, 3e-1)}
 #: λ ranges: the L2 coefficient vs the decoupled λ, which is not multiplied by
-#: α (for SGD the per-step decay of L2 is α λ, of SGDW λ).
+#: α (for SGD the per-step decay of L2 is α λ, of SGDW λ). For Adam the two
+#: useful ranges happen to overlap at this scale (measured); the SGD ones are
+#: derived from α λ_L2 = λ and not tuned.
 _WD_RANGES = {
-  "adam_l2": (1e-5, 1e-1),
+  "adam_l2": (1e-4, 1e-1),
   "adamw": (1e-4, 1e-1),
   "sgd_l2": (1e-5, 1e-1),
   "sgdw": (1e-6, 1e-2),

@@ -38,19 +38,21 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
   if not os.path.isfile(path):
     raise ValueError(f"--data {path!r}: no such file")
   try:
-    with np.load(path, allow_pickle=False) as npz:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      raise TypeError("one .npy array, not an .npz archive of x and y")
+    with loaded as npz:
       names = set(npz.files)
-      missing = sorted({"x", "y"} - names)
-      if missing:
-        raise ValueError(
-          f"--data {path!r}: missing array(s) {', '.join(missing)} "
-          f"(found {sorted(names)})"
-        )
-      x, y = npz["x"], npz["y"]
-  except ValueError:
-    raise
-  except Exception as error:  # zipfile.BadZipFile, OSError, pickle refusals
-    raise ValueError(f"--data {path!r}: not a readable .npz file ({error})") from None
+      arrays = {name: npz[name] for name in ("x", "y") if name in names}
+  except Exception as error:  # not a zip, a lone .npy, pickled objects, ...
+    message = " ".join(str(error).split())[:120]
+    raise ValueError(f"--data {path!r}: not a readable .npz file ({message})") from None
+  missing = sorted({"x", "y"} - names)
+  if missing:
+    raise ValueError(
+      f"--data {path!r}: missing array(s) {', '.join(missing)} (found {sorted(names)})"
+    )
+  x, y = arrays["x"], arrays["y"]
   if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
     raise ValueError(f"--data {path!r}: x must be 2-D (N x features), got {x.shape}")
   if y.shape != (x.shape[0],):

@@ -199,6 +199,7 @@ def sweep(
       "test_error": float(errors[i, j].mean()),
       "test_error_per_seed": [float(e) for e in errors[i, j]],
       "train_loss": float(losses[i, j].mean()),
+      "train_loss_per_seed": [float(v) for v in losses[i, j]],
     }
     for (i, a), (j, w) in itertools.product(
       enumerate(learning_rates), enumerate(weight_decays)
