@@ -215,7 +215,9 @@ def _parser():
   p.add_argument(
     "--lr-range",
     type=_range,
-    help=f"LO,HI (default {_LR_RANGES['adam']} for Adam, {_LR_RANGES['sgd']} for SGD)",
+    help="LO,HI (default {:g},{:g} for Adam, {:g},{:g} for SGD)".format(
+      *_LR_RANGES["adam"], *_LR_RANGES["sgd"]
+    ),
   )
   p.add_argument(
     "--wd-range",
