@@ -29,6 +29,8 @@ DEFAULT_WEIGHT_DECAY = 1e-4
 def _scale_by_rate(learning_rate, schedule_multiplier, sign: float):
   """Multiplies updates by ``sign * α_t * η_t``, one count for both."""
   _checks.check_non_negative("learning_rate", learning_rate)
+  if schedule_multiplier is not None:
+    _checks.check_non_negative("schedule_multiplier", schedule_multiplier)
   alpha = as_schedule(learning_rate)
   eta = as_schedule(1.0 if schedule_multiplier is None else schedule_multiplier)
   return optax.scale_by_schedule(lambda count: sign * alpha(count) * eta(count))
@@ -84,6 +86,8 @@ def adamw(
     schedule_multiplier: ``η_t``, a schedule; None means ``η_t = 1``.
     mask: leaves to decay: a pytree of bools or a callable from params to one
       (see :func:`mask_by_ndim`, :func:`mask_by_path`); None decays all.
+      Under ``optax.inject_hyperparams`` pass ``static_args=("mask",)``, or
+      the mask callable is taken for a schedule.
     mu_dtype: dtype of the first moment ``m`` (None: the gradient's).
     nesterov: use Nesterov momentum (as ``optax.scale_by_adam``).
     nu_dtype: dtype of the second moment ``v`` (None: the gradient's).

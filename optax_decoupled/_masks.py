@@ -38,6 +38,32 @@ def resolve_mask(mask: Mask | None, params: Any) -> Any:
   return mask(params) if callable(mask) else mask
 
 
+def _is_bool_leaf(leaf: Any) -> bool:
+  return isinstance(leaf, bool | np.bool_) or (
+    hasattr(leaf, "dtype") and np.dtype(leaf.dtype) == np.bool_
+  )
+
+
+def check_mask(name: str, mask: Any) -> None:
+  """Checks a ``mask=`` argument: None, a callable or a pytree of bools."""
+  if mask is None or callable(mask):
+    return
+  if np.ndim(mask) == 0 and _is_bool_leaf(mask):
+    # What optax.inject_hyperparams makes of a mask callable: it takes every
+    # callable argument for a schedule and passes on its value at the step.
+    raise ValueError(
+      f"{name}={mask!r} must be None, a callable or a pytree of bools matching "
+      "the params, not one bool; under optax.inject_hyperparams pass "
+      f"static_args=({name!r},) so the mask is not taken for a schedule"
+    )
+  leaves = jax.tree.leaves(mask)
+  if not all(_is_bool_leaf(leaf) for leaf in leaves):
+    raise ValueError(
+      f"{name}={mask!r} must be None, a callable from params to a pytree of "
+      "bools, or a pytree of bools"
+    )
+
+
 def mask_by_ndim(min_ndim: int = 2) -> MaskFn:
   """Decays only leaves of rank ``>= min_ndim``.
 
@@ -57,7 +83,11 @@ def mask_by_ndim(min_ndim: int = 2) -> MaskFn:
     >>> odx.mask_by_ndim()(params)
     {'b': False, 'w': True}
   """
-  if isinstance(min_ndim, bool) or not isinstance(min_ndim, int) or min_ndim < 0:
+  if (
+    isinstance(min_ndim, bool)
+    or not isinstance(min_ndim, int | np.integer)
+    or min_ndim < 0
+  ):
     raise ValueError(f"min_ndim={min_ndim!r} must be an integer >= 0")
   return lambda params: jax.tree.map(lambda p: np.ndim(p) >= min_ndim, params)
 
@@ -87,11 +117,15 @@ def mask_by_path(*patterns: str, decay: bool = False) -> MaskFn:
   """
   if not patterns:
     raise ValueError("mask_by_path needs at least one pattern, got patterns=()")
+  if not isinstance(decay, bool):
+    raise ValueError(f"decay={decay!r} must be True or False")
   compiled = []
   for pattern in patterns:
+    if not isinstance(pattern, str):
+      raise ValueError(f"pattern={pattern!r} must be a str (a regex)")
     try:
       compiled.append(re.compile(pattern))
-    except (re.error, TypeError) as e:
+    except re.error as e:
       raise ValueError(f"pattern={pattern!r} is not a valid regex: {e}") from None
 
   def mask_fn(params):
@@ -115,6 +149,10 @@ def all_of(*masks: Mask) -> MaskFn:
   """
   if not masks:
     raise ValueError("all_of needs at least one mask, got masks=()")
+  for i, mask in enumerate(masks):
+    if mask is None:
+      raise ValueError(f"masks[{i}]=None must be a mask (None decays all)")
+    check_mask(f"masks[{i}]", mask)
 
   def mask_fn(params):
     trees = [_broadcast_mask(resolve_mask(m, params), params) for m in masks]
@@ -128,6 +166,11 @@ def _broadcast_mask(mask: Any, params: Any) -> Any:
   return jax.tree.map(
     lambda bit, sub: jax.tree.map(lambda _: bool(bit), sub), mask, params
   )
+
+
+def _dtype_name(leaf: Any) -> str:
+  """An array's dtype, or a Python scalar's type (``float``, ``int``)."""
+  return str(leaf.dtype) if hasattr(leaf, "dtype") else type(leaf).__name__
 
 
 def describe_mask(params: Any, mask: Mask | None) -> str:
@@ -155,7 +198,12 @@ def describe_mask(params: Any, mask: Mask | None) -> str:
     decayed_leaves += flag
     decayed_params += size if flag else 0
     rows.append(
-      (path_to_str(path), str(np.shape(leaf)), str(leaf.dtype), "yes" if flag else "no")
+      (
+        path_to_str(path),
+        str(np.shape(leaf)),
+        _dtype_name(leaf),
+        "yes" if flag else "no",
+      )
     )
   widths = [max(len(r[c]) for r in rows) for c in range(4)]
   lines = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -14,17 +15,37 @@ from optax_decoupled import _checks
 _INT32_MAX = 2**31 - 1
 
 
-def _exact_cycle_starts(first: int, mult: int) -> np.ndarray:
-  """Start steps of all cycles that begin at or before step 2^31-1 (mult >= 2).
+_MAX_CYCLES = 4096  # largest table of cycles kept as constants
 
-  Cycle ``i`` starts at ``first (mult^i - 1) / (mult - 1)``: at most 32 of them
-  are below 2^31, so the table is tiny. Python integers make it exact.
+
+def _cycle_table(first: float, mult: float) -> tuple[np.ndarray, ...] | None:
+  """All cycles that begin at or before step 2^31-1, for ``mult > 1``.
+
+  Walks the cycles in float64 (Python integers when both are integers, so the
+  table is exact) and returns, per cycle, the first integer step at or after
+  its real-valued start (int32), how far that step lies past the start
+  (float32, in [0, 1)) and the cycle's length (float32). None when there are
+  more than ``_MAX_CYCLES`` cycles (``mult`` very close to 1).
   """
-  starts, start, length = [], 0, first
+  integral = float(first).is_integer() and float(mult).is_integer()
+  if integral:
+    first, mult = int(first), int(mult)
+  steps, offsets, lengths = [], [], []
+  start, length = 0, first
   while start <= _INT32_MAX:
-    starts.append(start)
+    if len(steps) == _MAX_CYCLES:
+      return None
+    # A start a rounding error above an integer (float64) is that integer.
+    step = math.ceil(start - 1e-12 * start)
+    steps.append(step)
+    offsets.append(max(step - start, 0.0))
+    lengths.append(length)
     start, length = start + length, length * mult
-  return np.asarray(starts, np.int32)
+  return (
+    np.asarray(steps, np.int32),
+    np.asarray(offsets, np.float32),
+    np.asarray(lengths, np.float32),
+  )
 
 
 def _is_integral(value: float | None) -> bool:
@@ -40,27 +61,36 @@ def cycle_position(
   cycle's start and the cycle's length (float32), with cycle ``i`` lasting
   ``first_cycle_steps * cycle_mult**i`` steps.
 
-  With integer ``first_cycle_steps`` and ``cycle_mult`` known when the schedule
-  is built, ``i`` and ``t_cur`` are computed in integer arithmetic and are exact
-  for every int32 step. Otherwise (a fractional ``cycle_mult``, or traced
-  arguments under ``optax.inject_hyperparams``) they are found from a float32
-  logarithm and corrected by one comparison each way against the cycle's start.
+  When ``first_cycle_steps`` and ``cycle_mult`` are known when the schedule is
+  built, the cycles are tabulated in float64 (exact integers when both are
+  integers) and ``i`` is found by comparing the int32 step with each cycle's
+  first step: restarts are exact for every int32 step, for a fractional
+  ``cycle_mult`` too. Otherwise (traced arguments under
+  ``optax.inject_hyperparams``, or ``cycle_mult`` so close to 1 that there are
+  more than 4096 cycles) ``i`` is found from a float32 logarithm and corrected
+  by one comparison each way against the cycle's start.
   """
   step = jnp.maximum(jnp.asarray(step, jnp.int32), 0)
   first = _checks.concrete_value(first_cycle_steps)
   mult = _checks.concrete_value(cycle_mult)
-  if _is_integral(first) and _is_integral(mult):
-    first, mult = int(first), int(mult)
-    if mult == 1:
-      i = step // first
-      t_cur = step - i * first
-      return i, t_cur.astype(jnp.float32), jnp.float32(first)
-    starts = jnp.asarray(_exact_cycle_starts(first, mult))
-    i = jnp.sum(step >= starts, dtype=jnp.int32) - 1
-    t_cur = step - starts[i]
-    t_i = jnp.float32(first) * jnp.float32(mult) ** i.astype(jnp.float32)
-    return i, t_cur.astype(jnp.float32), t_i
+  if mult == 1 and _is_integral(first):
+    first = int(first)
+    i = step // first
+    t_cur = step - i * first
+    return i, t_cur.astype(jnp.float32), jnp.float32(first)
+  table = (
+    None if first is None or mult is None or mult == 1 else _cycle_table(first, mult)
+  )
+  if table is not None:
+    starts, offsets, lengths = (jnp.asarray(a) for a in table)
+    i = jnp.searchsorted(starts, step, side="right").astype(jnp.int32) - 1
+    t_cur = (step - starts[i]).astype(jnp.float32) + offsets[i]
+    return i, t_cur, lengths[i]
+  return _float_cycle_position(step, first_cycle_steps, cycle_mult)
 
+
+def _float_cycle_position(step, first_cycle_steps, cycle_mult):
+  """``cycle_position`` in float32, for arguments not known when built."""
   s = step.astype(jnp.float32)
   first = jnp.asarray(first_cycle_steps, jnp.float32)
   mult = jnp.asarray(cycle_mult, jnp.float32)
@@ -68,7 +98,12 @@ def cycle_position(
   growth = jnp.where(geometric, mult - 1, 1.0)  # safe divisor when mult == 1
 
   def start(k):
-    return jnp.where(geometric, first * (mult**k - 1) / growth, first * k)
+    exact = first * jnp.where(geometric, (mult**k - 1) / growth, k)
+    # A start within float32 rounding of an integer step is that step, so a
+    # restart is not moved one step by rounding (integer first and mult).
+    nearest = jnp.round(exact)
+    close = jnp.abs(exact - nearest) <= 2.5e-7 * jnp.maximum(nearest, 1.0)
+    return jnp.where(close, nearest, exact)
 
   guess = jnp.where(
     geometric,
@@ -112,10 +147,14 @@ def cosine_warm_restarts(
   is reached at the instant of the restart (``T_cur = T_i``), so the last step
   of a cycle sits just above it.
 
-  With integer ``first_cycle_steps`` and ``cycle_mult`` the restart steps are
-  exact for every int32 step count; a fractional ``cycle_mult`` gives
-  real-valued cycle lengths, located in float32. With ``warmup_steps=0`` and
-  ``cycle_decay=1`` this equals PyTorch's
+  When ``first_cycle_steps`` and ``cycle_mult`` are numbers (not traced), the
+  restart steps are exact for every int32 step count, integer or fractional
+  ``cycle_mult`` alike: a cycle with a real-valued start restarts at the first
+  step at or after it, as when the cycles are walked one by one. Traced values
+  (``optax.inject_hyperparams`` without ``static_args``) are located in
+  float32: exact for integer values up to about 2^22 steps.
+
+  With ``warmup_steps=0`` and ``cycle_decay=1`` this equals PyTorch's
   ``CosineAnnealingWarmRestarts(T_0=first_cycle_steps, T_mult=cycle_mult,
   eta_min=min_value)`` applied to a base rate ``max_value``.
 

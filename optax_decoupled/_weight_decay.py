@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_decoupled import _checks
-from optax_decoupled._masks import Mask, resolve_mask
+from optax_decoupled._masks import Mask, check_mask, resolve_mask
 
 
 class AddL2State(NamedTuple):
@@ -90,6 +90,7 @@ def add_l2(weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None):
     Array([ 0.1, -0.2], dtype=float32)
   """
   _checks.check_non_negative("weight_decay", weight_decay)
+  check_mask("mask", mask)
   decay = as_schedule(weight_decay)
 
   def init_fn(params):
@@ -144,6 +145,9 @@ def add_decoupled_weight_decay(
     Array([-0.01,  0.02], dtype=float32)
   """
   _checks.check_non_negative("weight_decay", weight_decay)
+  if schedule_multiplier is not None:
+    _checks.check_non_negative("schedule_multiplier", schedule_multiplier)
+  check_mask("mask", mask)
   decay = as_schedule(weight_decay)
   eta = as_schedule(1.0 if schedule_multiplier is None else schedule_multiplier)
 

@@ -1,0 +1,119 @@
+"""Data for the command line: scikit-learn's digits or the user's ``.npz``.
+
+Everything here is checked before any file is written; problems raise
+``ValueError`` with a one-line message naming the file and the array.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Split(NamedTuple):
+  """Train and test arrays: features float32 (N, D), labels int32 (N,)."""
+
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+  @property
+  def num_classes(self) -> int:
+    return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 8x8 digits (1797 images, shipped in the wheel), in [0, 1]."""
+  from sklearn.datasets import load_digits as sk_load_digits
+
+  data = sk_load_digits()
+  return (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
+
+
+def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Arrays ``x`` (N x features, finite) and ``y`` (N integer labels >= 0)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"--data {path!r}: no such file")
+  try:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      raise TypeError("one .npy array, not an .npz archive of x and y")
+    with loaded as npz:
+      names = set(npz.files)
+      arrays = {name: npz[name] for name in ("x", "y") if name in names}
+  except Exception as error:  # not a zip, a lone .npy, pickled objects, ...
+    message = " ".join(str(error).split())[:120]
+    raise ValueError(f"--data {path!r}: not a readable .npz file ({message})") from None
+  missing = sorted({"x", "y"} - names)
+  if missing:
+    raise ValueError(
+      f"--data {path!r}: missing array(s) {', '.join(missing)} (found {sorted(names)})"
+    )
+  x, y = arrays["x"], arrays["y"]
+  if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+    raise ValueError(f"--data {path!r}: x must be 2-D (N x features), got {x.shape}")
+  if y.shape != (x.shape[0],):
+    raise ValueError(
+      f"--data {path!r}: y must have shape ({x.shape[0]},) to match x, got {y.shape}"
+    )
+  if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+    raise ValueError(f"--data {path!r}: x must be real numbers, got {x.dtype}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"--data {path!r}: x has NaN or infinite values")
+  if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+    raise ValueError(
+      f"--data {path!r}: y must be integer class labels >= 0, got dtype {y.dtype}"
+    )
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+def split(
+  x: np.ndarray,
+  y: np.ndarray,
+  *,
+  seed: int,
+  test_fraction: float = 0.25,
+  train_size: int | None = None,
+) -> Split:
+  """A seeded, stratified train/test split; optionally a smaller train subset.
+
+  With ``train_size`` the train set is ``train_size`` examples drawn
+  (stratified) from the non-test part; the rest of the data is not used.
+  """
+  from sklearn.model_selection import train_test_split
+
+  classes, counts = np.unique(y, return_counts=True)
+  if len(classes) < 2:
+    raise ValueError(f"need at least 2 classes, got {len(classes)}")
+  stratify = y if counts.min() >= 2 else None
+  try:
+    x_tr, x_te, y_tr, y_te = train_test_split(
+      x, y, test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    if train_size is not None and train_size < len(y_tr):
+      strat = y_tr if stratify is not None else None
+      x_tr, _, y_tr, _ = train_test_split(
+        x_tr, y_tr, train_size=train_size, random_state=seed, stratify=strat
+      )
+  except ValueError as error:
+    raise ValueError(f"cannot split {len(y)} examples: {error}") from None
+  return Split(x_tr, y_tr, x_te, y_te)
+
+
+def corrupt_labels(split_: Split, fraction: float, *, seed: int) -> Split:
+  """Replaces ``fraction`` of the train labels by a different, random class.
+
+  Label noise makes memorizing the train set hurt the test error, so that
+  regularization matters even on a small, easy data set. The test set is clean.
+  """
+  if fraction == 0:
+    return split_
+  rng = np.random.default_rng(seed)
+  y = split_.y_train.copy()
+  flip = rng.choice(len(y), size=round(fraction * len(y)), replace=False)
+  shift = rng.integers(1, split_.num_classes, size=len(flip))
+  y[flip] = (y[flip] + shift) % split_.num_classes
+  return split_._replace(y_train=y.astype(np.int32))

@@ -1,0 +1,244 @@
+"""The ``optax-decoupled`` command line: outputs, the vmapped sweep, bad input.
+
+Quick settings (few steps, tiny grids) so the whole file runs in well under a
+minute and a half on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flax")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from optax_decoupled import _cli, _data, _train  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path):
+  with open(path, "rb") as f:
+    return f.read(8) == PNG
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+  """scikit-learn's digits saved as the user's own ``.npz`` would be."""
+  from sklearn.datasets import load_digits
+
+  data = load_digits()
+  path = tmp_path_factory.mktemp("data") / "digits.npz"
+  np.savez(path, x=data.data, y=data.target)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("sweep") / "out"
+  argv = ["sweep", "--grid", "2", "--steps", "40", "--seeds", "2", "--hidden", "32"]
+  argv += ["--sequential-configs", "1", "--out", str(out)]
+  assert _cli.main(argv) == 0
+  with open(out / "sweep.json") as f:
+    return out, json.load(f)
+
+
+def test_train_on_npz_reaches_sane_accuracy_and_writes_outputs(
+  tmp_path, digits_npz, capsys
+):
+  """A 150-step AdamW run on user data: >= 0.85 test accuracy, all keys, a PNG;
+  the normalized decay equals λ_norm sqrt(b / (B T)) = λ_norm / sqrt(steps)."""
+  out = tmp_path / "run"
+  argv = ["train", "--optimizer", "adamw", "--steps", "150", "--quiet"]
+  argv += ["--normalized-weight-decay", "0.05", "--data", digits_npz]
+  assert _cli.main([*argv, "--out", str(out)]) == 0
+  assert "test accuracy" in capsys.readouterr().out
+  assert sorted(os.listdir(out)) == ["metrics.json", "train.png"]
+  assert _is_png(out / "train.png")
+  metrics = json.loads((out / "metrics.json").read_text())
+  for key in ("test_accuracy", "train_loss", "elapsed_seconds", "steps"):
+    assert key in metrics, sorted(metrics)
+  hyper = metrics["hyperparameters"]
+  assert hyper["optimizer"] == "adamw" and hyper["learning_rate"] == 3e-3, hyper
+  assert hyper["normalized_weight_decay"] == 0.05 and hyper["batch_size"] == 64
+  assert metrics["steps"] == 150 and hyper["train_examples"] == 1347, metrics
+  assert metrics["test_accuracy"] >= 0.85, metrics["test_accuracy"]
+  assert math.isclose(
+    metrics["weight_decay_from_normalized"], 0.05 / math.sqrt(150), rel_tol=1e-9
+  ), metrics["weight_decay_from_normalized"]
+
+
+def test_sweep_writes_one_row_per_optimizer_lr_wd_and_a_heatmap(sweep_run):
+  """2 optimizers x 2 x 2 grid = 8 rows with the required keys, timing, PNG."""
+  out, sweep = sweep_run
+  rows = sweep["rows"]
+  assert len(rows) == 8, len(rows)
+  assert {r["optimizer"] for r in rows} == {"adam_l2", "adamw"}
+  for row in rows:
+    for key in ("optimizer", "learning_rate", "weight_decay", "test_error"):
+      assert key in row, row
+    assert 0 <= row["test_error"] <= 1 and np.isfinite(row["train_loss"]), row
+    assert len(row["test_error_per_seed"]) == 2, row
+  # The grid's corners are the default ranges (log-spaced, N = 2).
+  adamw = [r for r in rows if r["optimizer"] == "adamw"]
+  assert sorted({r["learning_rate"] for r in adamw}) == pytest.approx([1e-3, 3e-2])
+  assert sorted({r["weight_decay"] for r in adamw}) == pytest.approx([1e-4, 1e-1])
+  for name in ("adam_l2", "adamw"):
+    timing = sweep["timing"][name]
+    assert timing["configs"] == 8 and timing["vmapped_seconds"] > 0, timing
+  assert _is_png(out / "heatmap.png")
+
+
+@pytest.mark.parametrize("optimizer", ["adam_l2", "adamw"])
+def test_vmapped_sweep_cell_equals_a_train_run_alone(sweep_run, optimizer):
+  """Independent check of the vmap + inject_hyperparams path: one grid cell
+  (seed 0) matches the same run through ``train``'s nnx.Optimizer loop."""
+  _, sweep = sweep_run
+  row = next(
+    r for r in sweep["rows"] if r["optimizer"] == optimizer and r["weight_decay"] > 1e-3
+  )
+  x, y = _data.load_digits()
+  data = _data.split(x, y, seed=0, test_fraction=0.5, train_size=500)
+  data = _data.corrupt_labels(data, 0.3, seed=0)
+  recipe = _train.Recipe(
+    optimizer, row["learning_rate"], row["weight_decay"], 40, 32, len(data.y_train)
+  )
+  alone = _train.train(
+    recipe, data, hidden=32, depth=2, layer_norm=False, seed=0, progress=False
+  )
+  loss = row["train_loss_per_seed"][0]
+  assert math.isclose(alone["train_loss"], loss, rel_tol=2e-3), (alone, row)
+  # Test error counts misclassified examples: allow one of float rounding.
+  error = 1 - alone["test_accuracy"]
+  assert abs(error - row["test_error_per_seed"][0]) <= 1.5 / len(data.y_test), (
+    error,
+    row,
+  )
+
+
+def test_schedule_prints_restart_steps_and_writes_png(tmp_path, capsys):
+  """Cycles 10, 20, 40 after a 5-step warmup restart at 15, 35 and 75."""
+  out = tmp_path / "sched"
+  argv = ["schedule", "--first-cycle-steps", "10", "--cycle-mult", "2"]
+  argv += ["--warmup-steps", "5", "--steps", "90", "--out", str(out)]
+  assert _cli.main(argv) == 0
+  assert "restart steps: 15, 35, 75" in capsys.readouterr().out
+  assert _is_png(out / "schedule.png")
+
+
+def _npz(tmp_path, name, **arrays):
+  path = tmp_path / name
+  with open(path, "wb") as f:
+    np.savez(f, **arrays)
+  return str(path)
+
+
+def _bad_inputs(tmp_path):
+  x = np.ones((20, 3))
+  y = np.arange(20) % 2
+  text = tmp_path / "notes.npz"
+  text.write_text("not a zip")
+  nan = x.copy()
+  nan[3, 1] = np.nan
+  return {
+    "unknown optimizer": (["train", "--optimizer", "adamx"], "adamx"),
+    "negative steps": (["train", "--steps", "-5"], "-5"),
+    "negative lr": (["train", "--learning-rate", "-1"], "-1"),
+    "missing data": (["train", "--data", str(tmp_path / "no.npz")], "no such file"),
+    "not npz": (["train", "--data", str(text)], "not a readable .npz"),
+    "no y": (["train", "--data", _npz(tmp_path, "a.npz", x=x)], "missing array(s) y"),
+    "1-d x": (["train", "--data", _npz(tmp_path, "b.npz", x=y, y=y)], "x must be 2-D"),
+    "short y": (
+      ["train", "--data", _npz(tmp_path, "c.npz", x=x, y=y[:5])],
+      "y must have shape",
+    ),
+    "NaN": (["train", "--data", _npz(tmp_path, "d.npz", x=nan, y=y)], "NaN"),
+    "float y": (
+      ["train", "--data", _npz(tmp_path, "e.npz", x=x, y=x[:, 0])],
+      "integer class labels",
+    ),
+    "batch > data": (["train", "--batch-size", "5000"], "--batch-size 5000"),
+    "cycle on adamw": (
+      ["train", "--optimizer", "adamw", "--first-cycle-steps", "5"],
+      "adamwr/sgdwr",
+    ),
+    "grid 0": (["sweep", "--grid", "0"], "'0'"),
+    "reversed range": (["sweep", "--lr-range", "1e-2,1e-3"], "LO must be <= HI"),
+    "bad range": (["sweep", "--wd-range", "abc"], "LO,HI"),
+    "negative range": (["sweep", "--wd-range=-1,1"], "'-1'"),
+    "unknown in list": (["sweep", "--optimizers", "adamw,foo"], "foo"),
+    "library check": (
+      ["schedule", "--min-value", "2", "--max-value", "1"],
+      "min_value=2.0 must be <= max_value=1.0",
+    ),
+    "library decay": (["schedule", "--cycle-decay", "2"], "cycle_decay=2.0"),
+  }
+
+
+@pytest.mark.parametrize(
+  "case",
+  [
+    "unknown optimizer",
+    "negative steps",
+    "negative lr",
+    "missing data",
+    "not npz",
+    "no y",
+    "1-d x",
+    "short y",
+    "NaN",
+    "float y",
+    "batch > data",
+    "cycle on adamw",
+    "grid 0",
+    "reversed range",
+    "bad range",
+    "negative range",
+    "unknown in list",
+    "library check",
+    "library decay",
+  ],
+)
+def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(
+  tmp_path, capsys, case
+):
+  """Exit status 2, one stderr line naming the problem, no --out created."""
+  argv, expected = _bad_inputs(tmp_path)[case]
+  out = tmp_path / "out"
+  assert _cli.main([*argv, "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1, err
+  assert expected in err and "Traceback" not in err, err
+  assert not out.exists(), os.listdir(out)
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".optax")]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "schedule"])
+def test_every_subcommand_has_help(capsys, command):
+  with pytest.raises(SystemExit) as exit_info:
+    _cli.main([command, "--help"])
+  assert exit_info.value.code == 0
+  assert f"usage: optax-decoupled {command}" in capsys.readouterr().out
+
+
+def test_console_script_reports_bad_input_without_traceback(tmp_path):
+  """As a real process: exit 2, one line on stderr, no traceback, no --out."""
+  out = tmp_path / "out"
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  argv = [sys.executable, "-m", "optax_decoupled._cli", "sweep", "--grid", "0"]
+  proc = subprocess.run(
+    [*argv, "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT
+  )
+  assert proc.returncode == 2, proc
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert "--grid" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+  assert not out.exists()
