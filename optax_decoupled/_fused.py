@@ -11,11 +11,13 @@ traffic, because it has no multi-output fusion unless asked for:
 
 That pass only merges *sibling* loops, loops reading the same inputs. So when
 it is on, :func:`scale_by_adam` computes the step from the old moments a second
-time (the same arithmetic; values equal up to float32 rounding, as the compiler
-may contract multiply-adds differently) instead of reading the new moments back: the three loops then all read ``m, v, g`` and become one loop
+time instead of reading the new moments back (the same arithmetic; the values
+agree up to float32 rounding, as the compiler may contract multiply-adds
+differently): the three loops then all read ``m, v, g`` and become one loop
 with three outputs, seven arrays of traffic. Without the pass the same program
 would need two temporary buffers, so the rewrite is used only when a probe
-compilation shows the pass is active.
+compilation shows the pass is active. The library never sets the flag: it is
+process-wide, set it in the environment before JAX starts.
 """
 
 from __future__ import annotations
