@@ -8,7 +8,9 @@ transformer-like tree (51 leaves, 16.8M parameters) and 1000 leaves of 1000
 parameters. Every JAX step is ``tx.update`` plus ``optax.apply_updates`` under
 one ``jax.jit`` with params and state donated; PyTorch is
 ``torch.optim.AdamW(fused=True).step()``. All competitors of a workload run in
-the same process, interleaved round by round; the table gives medians.
+the same process, interleaved round by round; the table gives medians. The
+1000-leaf workload also times two floors, the cheapest step over the same
+buffers: ``optax.sgd`` and ``torch.optim.SGD(foreach=True)``.
 
 The run is repeated in a second process with XLA:CPU's multi-output fusion on
 (``XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion``),
@@ -137,7 +139,8 @@ def jax_case(name, make_tx, kind, grads):
   return Case(name, run, traffic, nbytes(state), loops, compile_s)
 
 
-def torch_case(kind, grads):
+def torch_case(kind, grads, floor=False):
+  """torch.optim.AdamW(fused=True); with ``floor``, plain SGD (θ -= α g, foreach)."""
   import jax
   import numpy as np
   import torch
@@ -145,15 +148,18 @@ def torch_case(kind, grads):
   params = [torch.from_numpy(np.array(x)) for x in jax.tree.leaves(make_tree(kind, 0))]
   for p, g in zip(params, jax.tree.leaves(grads), strict=True):
     p.grad = torch.from_numpy(np.array(g))
-  opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, fused=True)
+  if floor:
+    opt = torch.optim.SGD(params, lr=LR, foreach=True)
+    name, arrays = "floor: torch SGD(foreach)", 3
+  else:
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, fused=True)
+    name, arrays = f"torch AdamW(fused) {torch.get_num_threads()}thr", 7
   opt.step()
   state = sum(
     t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
   )
-  traffic = 7 * sum(p.numel() * 4 for p in params)
-  return Case(
-    f"torch AdamW(fused) {torch.get_num_threads()}thr", opt.step, traffic, state
-  )
+  traffic = arrays * sum(p.numel() * 4 for p in params)
+  return Case(name, opt.step, traffic, state)
 
 
 def triad_cases(n):
@@ -255,11 +261,16 @@ def optimizers(kind, quick, one_pass):
 def run_workload(kind, quick, one_pass, has_torch):
   import jax
   import numpy as np
+  import optax
 
   grads = make_tree(kind, 1, scale=0.1)
   cases = [jax_case(n, f, kind, grads) for n, f in optimizers(kind, quick, one_pass)]
   if has_torch:
     cases.append(torch_case(kind, grads))
+  if kind == "many":  # the cheapest step with the same buffers in and out
+    cases.append(jax_case("floor: optax.sgd", lambda: optax.sgd(LR), kind, grads))
+    if has_torch:
+      cases.append(torch_case(kind, grads, floor=True))
   triads = triad_cases(tree_shapes("big")["w"][0]) if kind == "big" else []
   rounds = 3 if quick else 10
   measure(cases + triads, rounds, reps=5 if kind == "many" else 3)
