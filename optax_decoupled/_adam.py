@@ -87,7 +87,8 @@ def scale_by_adam(
       beta1, beta2 = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
       t = count.astype(dt)
       g32 = g.astype(dt)
-      c1, c2 = _fused.distinct(beta1, beta2) if one_pass else (beta1, beta2)
+      fuse = one_pass and g.size >= _fused.ONE_PASS_MIN_SIZE
+      c1, c2 = _fused.distinct(beta1, beta2) if fuse else (beta1, beta2)
       m_new = (beta1 * m.astype(dt) + (1 - beta1) * g32).astype(m.dtype)
       v_new = (beta2 * v.astype(dt) + (1 - beta2) * g32 * g32).astype(v.dtype)
       # The step reads the moments as stored. A moment kept in a narrower
@@ -96,10 +97,10 @@ def scale_by_adam(
       # XLA copy the state. One pass (see _fused): a full-precision moment is
       # recomputed from the old one, a sibling of m_new and v_new.
       m_step = m_new.astype(dt)
-      if one_pass and m.dtype == dt:
+      if fuse and m.dtype == dt:
         m_step = c1 * m + (1 - c1) * g32
       v_step = v_new.astype(dt)
-      if one_pass and v.dtype == dt:
+      if fuse and v.dtype == dt:
         v_step = c2 * v + (1 - c2) * g32 * g32
       if nesterov:
         m_hat = beta1 * m_step / (1 - beta1 ** (t + 1)) + (1 - beta1) * g32 / (

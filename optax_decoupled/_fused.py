@@ -30,6 +30,12 @@ import jax.numpy as jnp
 #: The ``XLA_FLAGS`` setting that turns on XLA:CPU's multi-output fusion.
 MULTI_OUTPUT_FUSION_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 
+#: Smallest leaf (in elements) given the one-pass form. A smaller leaf stays
+#: in the cache, where a step costs per kernel, not per byte: there the
+#: rewrite only adds compile time (1000 leaves of 1000: 2.1x optax's compile
+#: time against 1.4x, the same step time).
+ONE_PASS_MIN_SIZE = 16384
+
 
 @functools.cache
 def _probe(backend: str) -> bool:

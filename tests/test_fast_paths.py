@@ -175,8 +175,11 @@ def one_pass_main() -> None:
   """Body of the subprocess: reference checks and the fusion count."""
   jax.config.update("jax_numpy_dtype_promotion", "strict")
   assert _fused.multi_output_fusion()
+  small = _fused.ONE_PASS_MIN_SIZE // 2  # below the size that gets one pass
+  loops = {"adamw_small": big_loop_fusions(odx.adamw(ALPHA, weight_decay=LAM), small)}
+  _fused.ONE_PASS_MIN_SIZE = 1  # the small test leaves take the one-pass path
   check_all_paths_match_reference()
-  loops = {
+  loops |= {
     "adamw": big_loop_fusions(odx.adamw(ALPHA, weight_decay=LAM)),
     "adamw_mu_bf16": big_loop_fusions(  # bf16 output: no sibling of f32 ones
       odx.adamw(ALPHA, weight_decay=LAM, mu_dtype=jnp.bfloat16)
@@ -215,6 +218,7 @@ def test_one_pass_path_matches_reference_in_one_loop():
   assert proc.returncode == 0, proc.stderr[-4000:]
   loops = json.loads(proc.stdout.strip().splitlines()[-1])
   assert loops == {
+    "adamw_small": 2,  # small leaves keep optax's form: m and v merged
     "adamw": 1,
     "adamw_mu_bf16": 2,
     "adamw_nesterov_mask": 1,
