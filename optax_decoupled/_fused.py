@@ -10,8 +10,9 @@ traffic, because it has no multi-output fusion unless asked for:
   XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion
 
 That pass only merges *sibling* loops, loops reading the same inputs. So when
-it is on, :func:`scale_by_adam` computes the step from the old moments a second
-time instead of reading the new moments back (the same arithmetic; the values
+it is on, :func:`scale_by_adam` computes the step of every leaf of at least
+``ONE_PASS_MIN_SIZE`` elements from the old moments a second time instead of
+reading the new moments back (the same arithmetic; the values
 agree up to float32 rounding, as the compiler may contract multiply-adds
 differently): the three loops then all read ``m, v, g`` and become one loop
 with three outputs, seven arrays of traffic. Without the pass the same program
