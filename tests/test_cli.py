@@ -20,7 +20,8 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from optax_decoupled import _cli, _data, _train  # noqa: E402
+from optax_decoupled.cli import _data, _train  # noqa: E402
+from optax_decoupled.cli import _main as _cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -234,7 +235,7 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
   """As a real process: exit 2, one line on stderr, no traceback, no --out."""
   out = tmp_path / "out"
   env = {**os.environ, "PYTHONPATH": ROOT}
-  argv = [sys.executable, "-m", "optax_decoupled._cli", "sweep", "--grid", "0"]
+  argv = [sys.executable, "-m", "optax_decoupled", "sweep", "--grid", "0"]
   proc = subprocess.run(
     [*argv, "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT
   )

@@ -9,13 +9,11 @@ temporary folder next to ``--out`` and moved there only when complete.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
+
+from optax_decoupled.cli import _outputs
 
 _ADAM_LR, _SGD_LR = 3e-3, 0.05
 
@@ -141,7 +139,7 @@ def _add_model_arguments(p, *, hidden, batch_size, steps):
 
 
 def _parser():
-  from optax_decoupled import _sweep, _train
+  from optax_decoupled.cli import _sweep, _train
 
   parser = _Parser(
     prog="optax-decoupled",
@@ -274,37 +272,8 @@ _WD_RANGES = {
 }
 
 
-# ---------------------------------------------------------------- outputs
-
-
-def _check_out(out):
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f"--out {out!r} exists and is not a folder")
-
-
-@contextlib.contextmanager
-def _staging(out):
-  """A temporary folder whose files move into ``out`` only on success."""
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".optax-decoupled-", dir=parent)
-  try:
-    yield tmp
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(tmp):
-      os.replace(os.path.join(tmp, name), os.path.join(out, name))
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_json(path, obj):
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-
-
 def _load(args, *, seed):
-  from optax_decoupled import _data
+  from optax_decoupled.cli import _data
 
   x, y = _data.load_npz(args.data) if args.data else _data.load_digits()
   split = _data.split(
@@ -322,14 +291,14 @@ def _load(args, *, seed):
 
 
 def _train_command(args):
-  from optax_decoupled import _plots, _train
+  from optax_decoupled.cli import _plots, _train
 
   restarts = args.optimizer in _train.RESTARTS
   if not restarts and (args.first_cycle_steps or args.cycle_mult):
     raise _UsageError(
       f"--first-cycle-steps/--cycle-mult apply to adamwr/sgdwr, not {args.optimizer}"
     )
-  _check_out(args.out)
+  _outputs.check_out(args.out)
   data = _load(args, seed=args.seed)
   adam = args.optimizer in _train.ADAM_TYPE
   normalized = args.normalized_weight_decay is not None
@@ -351,7 +320,7 @@ def _train_command(args):
     cycle_mult=args.cycle_mult or 2,
   )
   recipe.tx()  # builds the optimizer: the library's ValueErrors come out here
-  with _staging(args.out) as tmp:
+  with _outputs.staging(args.out) as tmp:
     result = _train.train(
       recipe,
       data,
@@ -378,7 +347,7 @@ def _train_command(args):
     metrics = {**result, "hyperparameters": hyper, "steps": args.steps}
     if normalized and not restarts:
       metrics["weight_decay_from_normalized"] = float(recipe.lam())
-    _write_json(os.path.join(tmp, "metrics.json"), metrics)
+    _outputs.write_json(os.path.join(tmp, "metrics.json"), metrics)
     title = (
       f"{args.optimizer}: α={recipe.learning_rate:g}, test accuracy "
       f"{result['test_accuracy']:.3f}"
@@ -395,7 +364,7 @@ def _train_command(args):
 def _sweep_command(args):
   import numpy as np
 
-  from optax_decoupled import _plots, _sweep
+  from optax_decoupled.cli import _plots, _sweep
 
   names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
   bad = [n for n in names if n not in _sweep.SWEEP_OPTIMIZERS]
@@ -406,7 +375,7 @@ def _sweep_command(args):
     )
   if len(set(names)) != len(names):
     raise _UsageError(f"--optimizers {args.optimizers!r} repeats a name")
-  _check_out(args.out)
+  _outputs.check_out(args.out)
   data = _load(args, seed=0)
   seeds = list(range(args.seeds))
   results, panels = [], []
@@ -451,12 +420,12 @@ def _sweep_command(args):
       f"{t['recompiling_seconds_estimate']:.0f} s recompiling "
       f"(extrapolated from {t['sequential_configs_timed']} runs)"
     )
-  with _staging(args.out) as tmp:
+  with _outputs.staging(args.out) as tmp:
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     settings.update(
       train_examples=len(data.y_train), test_examples=len(data.y_test), seeds=seeds
     )
-    _write_json(
+    _outputs.write_json(
       os.path.join(tmp, "sweep.json"),
       {
         "settings": settings,
@@ -478,9 +447,9 @@ def _schedule_command(args):
   import numpy as np
 
   import optax_decoupled as odx
-  from optax_decoupled import _plots
   from optax_decoupled._schedules import cycle_position
-  from optax_decoupled._train import schedule_values
+  from optax_decoupled.cli import _plots
+  from optax_decoupled.cli._train import schedule_values
 
   eta = odx.cosine_warm_restarts(
     args.first_cycle_steps,
@@ -496,7 +465,7 @@ def _schedule_command(args):
     cycle_mult=args.cycle_mult,
     warmup_steps=args.warmup_steps,
   )
-  _check_out(args.out)
+  _outputs.check_out(args.out)
   steps = np.arange(args.steps)
   eta_t, lam_t = schedule_values(eta, steps), schedule_values(lam, steps)
   cycle = schedule_values(
@@ -506,7 +475,7 @@ def _schedule_command(args):
     steps,
   )
   restarts = [int(t) for t in np.flatnonzero(np.diff(cycle) > 0) + 1]
-  with _staging(args.out) as tmp:
+  with _outputs.staging(args.out) as tmp:
     title = (
       f"cosine_warm_restarts(first_cycle_steps={args.first_cycle_steps}, "
       f"cycle_mult={args.cycle_mult:g}, warmup_steps={args.warmup_steps})"
@@ -539,6 +508,3 @@ def main(argv=None) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
-
-if __name__ == "__main__":
-  sys.exit(main())

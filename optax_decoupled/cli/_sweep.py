@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from optax_decoupled import _train
-from optax_decoupled._data import Split
+from optax_decoupled.cli import _train
+from optax_decoupled.cli._data import Split
 
 #: The optimizers a sweep accepts (no restarts: one cosine cycle per run).
 SWEEP_OPTIMIZERS = ("adam_l2", "adamw", "sgd_l2", "sgdw")

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 import optax_decoupled as odx
-from optax_decoupled._data import Split
+from optax_decoupled.cli._data import Split
 
 #: The optimizers the command line knows, by family.
 ADAM_TYPE = ("adamw", "adam_l2", "adamwr")
