@@ -1,4 +1,4 @@
-"""Data for the command line: scikit-learn's digits or the user's ``.npz``.
+"""Data for the command line: mnist1d, scikit-learn's digits, or the user's ``.npz``.
 
 Everything here is checked before any file is written; problems raise
 ``ValueError`` with a one-line message naming the file and the array.
@@ -7,6 +7,7 @@ Everything here is checked before any file is written; problems raise
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +32,72 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
   data = sk_load_digits()
   return (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
+
+
+#: mnist1d's generator settings (its defaults), with 14,000 examples split
+#: 4,000 train / 10,000 test: a large test set keeps the sweep's noise low.
+MNIST1D_TRAIN, MNIST1D_TEST = 4000, 10000
+
+
+def mnist1d_cache_path() -> str:
+  """Where the generated mnist1d arrays are kept (the user's cache folder)."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+    os.path.expanduser("~"), ".cache"
+  )
+  name = f"mnist1d-{MNIST1D_TRAIN}-{MNIST1D_TEST}-v1.npz"
+  return os.path.join(root, "optax-decoupled", name)
+
+
+def generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """mnist1d generated procedurally (no download): ``x, y, x_test, y_test``.
+
+  Uses ``mnist1d.data.make_dataset`` with the package's default arguments
+  (seed 42) and 14,000 examples. Never ``mnist1d``'s ``get_dataset``, which
+  downloads. The generator seeds NumPy's global random state; it is restored.
+  """
+  from mnist1d.data import get_dataset_args, make_dataset
+
+  args = get_dataset_args()
+  args.num_samples = MNIST1D_TRAIN + MNIST1D_TEST
+  args.train_split = MNIST1D_TRAIN / args.num_samples
+  state = np.random.get_state()
+  try:
+    data = make_dataset(args)
+  finally:
+    np.random.set_state(state)
+  return tuple(  # type: ignore[return-value]
+    np.asarray(data[k], dtype)
+    for k, dtype in (
+      ("x", np.float32),
+      ("y", np.int32),
+      ("x_test", np.float32),
+      ("y_test", np.int32),
+    )
+  )
+
+
+def load_mnist1d() -> Split:
+  """mnist1d's fixed 4,000 / 10,000 split, generated once and then cached.
+
+  The cache is written atomically (a temporary file renamed into place); an
+  unreadable cache is regenerated.
+  """
+  path = mnist1d_cache_path()
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return Split(*(npz[k] for k in Split._fields))
+  except (OSError, KeyError, ValueError):
+    pass
+  arrays = Split(*generate_mnist1d())
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays._asdict())
+    os.replace(tmp, path)
+  except OSError:  # a read-only cache folder only costs the next run ~4 s
+    pass
+  return arrays
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +168,22 @@ def split(
   except ValueError as error:
     raise ValueError(f"cannot split {len(y)} examples: {error}") from None
   return Split(x_tr, y_tr, x_te, y_te)
+
+
+def subsample(split_: Split, train_size: int | None, *, seed: int) -> Split:
+  """``train_size`` train examples drawn (stratified) from ``split_``'s train set."""
+  if train_size is None or train_size >= len(split_.y_train):
+    return split_
+  from sklearn.model_selection import train_test_split
+
+  x, _, y, _ = train_test_split(
+    split_.x_train,
+    split_.y_train,
+    train_size=train_size,
+    random_state=seed,
+    stratify=split_.y_train,
+  )
+  return split_._replace(x_train=x, y_train=y)
 
 
 def corrupt_labels(split_: Split, fraction: float, *, seed: int) -> Split:

@@ -79,6 +79,25 @@ def _number(text, kind):
   return value
 
 
+def _grid(text):
+  """``AxL`` (learning rates x weight decays) or ``N`` for N x N."""
+  parts = text.lower().split("x")
+  if len(parts) > 2:
+    raise argparse.ArgumentTypeError(f"{text!r} must be AxL or N")
+  sizes = tuple(_positive_int(part.strip()) for part in parts)
+  return sizes * 2 if len(sizes) == 1 else sizes
+
+
+def _budgets(text):
+  """Comma-separated run lengths, at least two, each >= 1 and distinct."""
+  values = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+  if len(values) < 2 or len(set(values)) != len(values):
+    raise argparse.ArgumentTypeError(
+      f"{text!r} must be two or more distinct step counts"
+    )
+  return sorted(values)
+
+
 def _range(text):
   """``LO,HI`` with ``0 < LO <= HI``, for a log-spaced axis."""
   parts = text.split(",")
@@ -90,36 +109,44 @@ def _range(text):
   return lo, hi
 
 
-def _add_data_arguments(p, *, train_size, label_noise, test_fraction):
+def _add_data_arguments(p):
   g = p.add_argument_group("data")
+  g.add_argument(
+    "--dataset",
+    choices=("mnist1d", "digits"),
+    default="mnist1d",
+    help="mnist1d: generated locally (4,000 train / 10,000 test, 40 features; "
+    "cached after the first run); digits: scikit-learn's 8x8 digits (1797 "
+    "images, shipped in the wheel). Default %(default)s",
+  )
   g.add_argument(
     "--data",
     metavar="FILE.npz",
-    help="arrays x (N x features) and y (N int labels); default: "
-    "scikit-learn's 8x8 digits (1797 images, no download)",
+    help="your own arrays x (N x features) and y (N int labels), instead of --dataset",
   )
   g.add_argument(
     "--test-fraction",
     type=_fraction,
-    default=test_fraction,
-    help="held-out test share, stratified (default %(default)s)",
+    help="held-out test share, stratified (digits and --data; default "
+    f"{_TEST_FRACTION}); mnist1d has a fixed test set",
   )
   g.add_argument(
     "--train-size",
     type=_positive_int,
-    default=train_size,
-    help="train on this many of the non-test examples (default: %(default)s)",
+    help="train on this many of the non-test examples (default: all)",
   )
   g.add_argument(
     "--label-noise",
     type=_fraction,
-    default=label_noise,
-    help="share of train labels replaced by a wrong class, so that "
-    "regularization matters (test labels stay clean; default %(default)s)",
+    default=0.0,
+    help="share of train labels replaced by a wrong class (test labels stay "
+    "clean; default %(default)s)",
   )
 
 
 def _add_model_arguments(p, *, hidden, batch_size, steps):
+  from optax_decoupled.cli import _models
+
   g = p.add_argument_group("model and run")
   g.add_argument("--steps", type=_positive_int, default=steps, help="(%(default)s)")
   g.add_argument(
@@ -132,9 +159,13 @@ def _add_model_arguments(p, *, hidden, batch_size, steps):
     "--depth", type=_positive_int, default=2, help="hidden layers (%(default)s)"
   )
   g.add_argument(
-    "--layer-norm",
-    action="store_true",
-    help="LayerNorm after each hidden layer (scale-invariant, like BN)",
+    "--model",
+    choices=_models.MODELS,
+    default="bn",
+    help="bn: BatchNorm without affine after each hidden kernel (no bias), so "
+    "the hidden kernels are scale-invariant, as in the paper's networks; ln: "
+    "the same with LayerNorm; mlp: no normalization, the control. Decayed: "
+    "the hidden kernels (bn, ln), every kernel (mlp). Default %(default)s",
   )
 
 
@@ -188,8 +219,8 @@ def _parser():
   p.add_argument("--seed", type=_non_negative_int, default=0, help="(%(default)s)")
   p.add_argument("--out", default="runs/train", help="output folder (%(default)s)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
-  _add_model_arguments(p, hidden=128, batch_size=64, steps=1000)
-  _add_data_arguments(p, train_size=None, label_noise=0.0, test_fraction=0.25)
+  _add_model_arguments(p, hidden=64, batch_size=64, steps=1000)
+  _add_data_arguments(p)
 
   defaults = ", ".join(
     f"{name}: {lo:g},{hi:g}" for name, (lo, hi) in _WD_RANGES.items()
@@ -197,10 +228,13 @@ def _parser():
   p = sub.add_parser(
     "sweep",
     help="test error over a learning-rate x weight-decay grid",
-    description="The paper's Figure 2 at small scale: for each optimizer, "
-    "train an N x N log-spaced (learning rate, weight decay) grid times "
-    "--seeds seeds in ONE vmapped program; write sweep.json and heatmap.png. "
-    "η_t is one cosine over the run.",
+    description="The paper's Figure 2 at small scale, on a scale-invariant "
+    "network: for each optimizer, train a log-spaced (learning rate, weight "
+    "decay) grid times --seeds seeds in ONE vmapped program; write "
+    "sweep.json, heatmap.png and angular.png, and print how far the best "
+    "weight decay moves with the learning rate. η_t is one cosine over the "
+    "run. With --budgets: AdamW over λ at one α for several run lengths "
+    "instead (budgets.json, budgets.png).",
   )
   p.add_argument(
     "--optimizers",
@@ -208,7 +242,11 @@ def _parser():
     help=f"comma list of {','.join(_sweep.SWEEP_OPTIMIZERS)} (%(default)s)",
   )
   p.add_argument(
-    "--grid", type=_positive_int, default=7, help="N for an N x N grid (%(default)s)"
+    "--grid",
+    type=_grid,
+    default=(7, 11),
+    metavar="AxL",
+    help="learning rates x weight decays, e.g. 7x11, or N for N x N (7x11)",
   )
   p.add_argument(
     "--lr-range",
@@ -228,13 +266,27 @@ def _parser():
   )
   p.add_argument(
     "--sequential-configs",
-    type=_positive_int,
-    default=2,
-    help="configs timed one at a time for the speed comparison (%(default)s)",
+    type=_non_negative_int,
+    default=0,
+    help="also time this many configs one at a time, to compare with the "
+    "vmapped grid (%(default)s: no comparison)",
+  )
+  p.add_argument(
+    "--budgets",
+    type=_budgets,
+    metavar="STEPS,STEPS,...",
+    help="run lengths for the budget study, e.g. 750,1500,3000,6000: AdamW over "
+    "the λ grid at --budget-lr, instead of the learning-rate x decay grid",
+  )
+  p.add_argument(
+    "--budget-lr",
+    type=_positive_float,
+    default=_BUDGET_LR,
+    help="α of the budget study (%(default)s)",
   )
   p.add_argument("--out", default="runs/sweep", help="output folder (%(default)s)")
-  _add_model_arguments(p, hidden=128, batch_size=32, steps=1000)
-  _add_data_arguments(p, train_size=500, label_noise=0.3, test_fraction=0.5)
+  _add_model_arguments(p, hidden=64, batch_size=64, steps=3000)
+  _add_data_arguments(p)
 
   p = sub.add_parser(
     "schedule",
@@ -254,31 +306,34 @@ def _parser():
   return parser
 
 
-#: Adam's lower end is 1e-3, not lower: shorter effective runs at tiny rates
-#: underfit the noisy labels and act as early stopping, which would hide the
-#: effect of weight decay that the sweep is about.
-_LR_RANGES = {"adam": (1e-3, 3e-2), "sgd": (1e-3, 1e-1)}
-#: λ ranges: the L2 coefficient vs the decoupled λ, which is not multiplied by
-#: α (for SGD the per-step decay of L2 is α λ, of SGDW λ). For Adam the two
-#: useful ranges happen to overlap at this scale (measured); the SGD λ ranges
-#: are derived from α λ_L2 = λ. Measured with the defaults: SGD's best α is
-#: 3e-3 to 6.5e-3 (below 1e-3 it has not trained in 1000 steps, above 3e-2 it
-#: fits the label noise), so both grids keep their best cell inside.
+#: Default grids (mnist1d, the BatchNorm MLP, 3000 steps): wide enough that
+#: every α row's best λ lies inside for both conventions (Adam+L2's optimum
+#: reaches λ ≈ 0.3 at small α; AdamW's sits near 3e-3 for every α).
+_LR_RANGES = {"adam": (1e-4, 1e-1), "sgd": (1e-3, 1.0)}
 _WD_RANGES = {
-  "adam_l2": (1e-4, 1e-1),
-  "adamw": (1e-4, 1e-1),
-  "sgd_l2": (1e-5, 1e-1),
-  "sgdw": (1e-6, 1e-2),
+  "adam_l2": (1e-5, 1.0),
+  "adamw": (1e-5, 1.0),
+  "sgd_l2": (1e-5, 1.0),
+  "sgdw": (1e-5, 1.0),
 }
+#: α of the budget study: inside AdamW's good rows of the default grid.
+_BUDGET_LR = 1e-2
+_TEST_FRACTION = 0.25
 
 
 def _load(args, *, seed):
   from optax_decoupled.cli import _data
 
-  x, y = _data.load_npz(args.data) if args.data else _data.load_digits()
-  split = _data.split(
-    x, y, seed=seed, test_fraction=args.test_fraction, train_size=args.train_size
-  )
+  if args.data is None and args.dataset == "mnist1d":
+    if args.test_fraction is not None:
+      raise _UsageError("--test-fraction: mnist1d has a fixed 10,000-example test set")
+    split = _data.subsample(_data.load_mnist1d(), args.train_size, seed=seed)
+  else:
+    x, y = _data.load_npz(args.data) if args.data else _data.load_digits()
+    fraction = _TEST_FRACTION if args.test_fraction is None else args.test_fraction
+    split = _data.split(
+      x, y, seed=seed, test_fraction=fraction, train_size=args.train_size
+    )
   if args.batch_size > len(split.y_train):
     raise ValueError(
       f"--batch-size {args.batch_size} must be <= the {len(split.y_train)} "
@@ -287,10 +342,18 @@ def _load(args, *, seed):
   return _data.corrupt_labels(split, args.label_noise, seed=seed)
 
 
+def _arch(args):
+  from optax_decoupled.cli import _models
+
+  return _models.Architecture(args.model, args.hidden, args.depth)
+
+
 # ---------------------------------------------------------------- commands
 
 
 def _train_command(args):
+  import numpy as np
+
   from optax_decoupled.cli import _plots, _train
 
   restarts = args.optimizer in _train.RESTARTS
@@ -300,6 +363,7 @@ def _train_command(args):
     )
   _outputs.check_out(args.out)
   data = _load(args, seed=args.seed)
+  arch = _arch(args)
   adam = args.optimizer in _train.ADAM_TYPE
   normalized = args.normalized_weight_decay is not None
   recipe = _train.Recipe(
@@ -318,17 +382,12 @@ def _train_command(args):
     if restarts
     else None,
     cycle_mult=args.cycle_mult or 2,
+    mask=arch.decay_mask(),
   )
   recipe.tx()  # builds the optimizer: the library's ValueErrors come out here
   with _outputs.staging(args.out) as tmp:
     result = _train.train(
-      recipe,
-      data,
-      hidden=args.hidden,
-      depth=args.depth,
-      layer_norm=args.layer_norm,
-      seed=args.seed,
-      progress=not args.quiet,
+      recipe, data, arch=arch, seed=args.seed, progress=not args.quiet
     )
     curves = result.pop("curves")
     decoupled = args.optimizer in _train.DECOUPLED
@@ -345,6 +404,10 @@ def _train_command(args):
       test_examples=len(data.y_test),
     )
     metrics = {**result, "hyperparameters": hyper, "steps": args.steps}
+    window = _train.angle_window(args.steps)
+    for key in ("angular_update", "equilibrium_angular_update"):
+      if key in curves:
+        metrics[f"{key}_middle_mean"] = float(np.mean(curves[key][window]))
     if normalized and not restarts:
       metrics["weight_decay_from_normalized"] = float(recipe.lam())
     _outputs.write_json(os.path.join(tmp, "metrics.json"), metrics)
@@ -362,9 +425,7 @@ def _train_command(args):
 
 
 def _sweep_command(args):
-  import numpy as np
-
-  from optax_decoupled.cli import _plots, _sweep
+  from optax_decoupled.cli import _studies, _sweep
 
   names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
   bad = [n for n in names if n not in _sweep.SWEEP_OPTIMIZERS]
@@ -377,68 +438,48 @@ def _sweep_command(args):
     raise _UsageError(f"--optimizers {args.optimizers!r} repeats a name")
   _outputs.check_out(args.out)
   data = _load(args, seed=0)
+  arch = _arch(args)
   seeds = list(range(args.seeds))
-  results, panels = [], []
-  for name in names:
-    family = "adam" if name.startswith("adam") else "sgd"
-    lrs = _sweep.log_grid(*(args.lr_range or _LR_RANGES[family]), args.grid)
-    wds = _sweep.log_grid(*(args.wd_range or _WD_RANGES[name]), args.grid)
-    print(f"{name}: {args.grid}x{args.grid} grid x {len(seeds)} seeds ...", flush=True)
-    result = _sweep.sweep(
-      name,
+  settings = {k: v for k, v in vars(args).items() if k != "command"}
+  settings.update(
+    train_examples=len(data.y_train), test_examples=len(data.y_test), seeds=seeds
+  )
+  n_lr, n_wd = args.grid
+  if args.budgets:
+    study = _studies.budgets(
+      args.budgets,
+      args.budget_lr,
+      _sweep.log_grid(*(args.wd_range or _WD_RANGES["adamw"]), n_wd),
       data,
-      lrs,
-      wds,
-      seeds,
+      arch,
+      seeds=seeds,
+      batch_size=args.batch_size,
+      settings=settings,
+    )
+  else:
+    ranges = {
+      name: (
+        _sweep.log_grid(
+          *(args.lr_range or _LR_RANGES["adam" if name.startswith("adam") else "sgd"]),
+          n_lr,
+        ),
+        _sweep.log_grid(*(args.wd_range or _WD_RANGES[name]), n_wd),
+      )
+      for name in names
+    }
+    study = _studies.grid(
+      names,
+      ranges,
+      data,
+      arch,
+      seeds=seeds,
       steps=args.steps,
       batch_size=args.batch_size,
-      hidden=args.hidden,
-      depth=args.depth,
-      layer_norm=args.layer_norm,
       sequential_configs=args.sequential_configs,
-    )
-    results.append((name, result))
-    errors = np.asarray([r["test_error"] for r in result["rows"]])
-    panels.append(
-      {
-        "name": name,
-        "learning_rates": lrs,
-        "weight_decays": wds,
-        "errors": errors.reshape(len(lrs), len(wds)),
-        "wd_label": "decoupled weight decay λ (log)"
-        if name.endswith("w")
-        else "L2 coefficient λ (log)",
-      }
-    )
-    best = min(result["rows"], key=lambda r: r["test_error"])
-    t = result["timing"]
-    print(
-      f"  best test error {best['test_error']:.4f} at lr={best['learning_rate']:.3g}, "
-      f"wd={best['weight_decay']:.3g}; {t['configs']} runs vmapped in "
-      f"{t['vmapped_seconds']:.1f} s vs one at a time ~"
-      f"{t['sequential_seconds_estimate']:.1f} s compiled once, ~"
-      f"{t['recompiling_seconds_estimate']:.0f} s recompiling "
-      f"(extrapolated from {t['sequential_configs_timed']} runs)"
+      settings=settings,
     )
   with _outputs.staging(args.out) as tmp:
-    settings = {k: v for k, v in vars(args).items() if k != "command"}
-    settings.update(
-      train_examples=len(data.y_train), test_examples=len(data.y_test), seeds=seeds
-    )
-    _outputs.write_json(
-      os.path.join(tmp, "sweep.json"),
-      {
-        "settings": settings,
-        "rows": [row for _, r in results for row in r["rows"]],
-        "timing": {name: r["timing"] for name, r in results},
-        "timing_note": "vmapped_seconds: the whole grid in one program, "
-        "compile included. sequential_*: the same run function jitted once "
-        "and called per config, recompiling_*: a fresh program per config "
-        "(hyperparameters as constants); both extrapolated from "
-        "sequential_configs_timed configs to all configs.",
-      },
-    )
-    _plots.heatmaps(os.path.join(tmp, "heatmap.png"), panels)
+    study.write(tmp, _outputs.write_json)
   print(f"-> {args.out}")
   return 0
 
@@ -507,4 +548,3 @@ def main(argv=None) -> int:
     message = " ".join(str(error).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
-

@@ -15,59 +15,174 @@ def _pyplot():
 
 
 def train_curves(path: str, curves: dict, title: str) -> None:
-  """Loss per step, ``η_t`` and the per-step decay over the run."""
+  """Loss per step, ``η_t``, the per-step decay, and the angular update."""
   plt = _pyplot()
   steps = curves["step"]
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+  fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), constrained_layout=True)
   loss = curves["batch_loss"]
   axes[0].plot(steps, loss, lw=0.5, alpha=0.4, label="batch")
   window = max(1, len(loss) // 50)
-  smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-  axes[0].plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window}")
+  axes[0].plot(
+    steps[window - 1 :], _smooth(loss, window), lw=1.5, label=f"mean of {window}"
+  )
   axes[0].set(yscale="log", xlabel="step", title="train loss")
   axes[0].legend()
   axes[1].plot(steps, curves["eta"])
   axes[1].set(xlabel="step", title="schedule multiplier η_t")
   axes[2].plot(steps, curves["effective_decay"])
   axes[2].set(xlabel="step", title=curves["decay_label"])
+  angle = curves["angular_update"]
+  axes[3].plot(steps, angle, lw=0.5, alpha=0.4, color="C2", label="measured")
+  axes[3].plot(steps[window - 1 :], _smooth(angle, window), lw=1.5, color="C2")
+  if "equilibrium_angular_update" in curves:
+    axes[3].plot(
+      steps, curves["equilibrium_angular_update"], "k--", lw=1, label="equilibrium"
+    )
+  axes[3].set(
+    yscale="log", xlabel="step", title="angular update ‖Δθ‖/‖θ‖ (hidden kernels)"
+  )
+  axes[3].legend()
   fig.suptitle(title)
   fig.savefig(path, dpi=90)
   plt.close(fig)
 
 
+def _smooth(values, window):
+  return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def _ticks(values):
+  return [f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e") for v in values]
+
+
 def heatmaps(path: str, panels: list[dict]) -> None:
-  """One test-error heatmap per optimizer, x = learning rate, y = weight decay.
+  """One test-error heatmap per optimizer: rows α, columns λ, as the paper's
+  Figure 2. Each row's best λ is circled, the grid's best cell boxed.
 
   Each panel dict has ``name``, ``learning_rates``, ``weight_decays``,
-  ``errors`` (len(lr) x len(wd)) and ``wd_label``. The best cell is boxed.
+  ``errors`` (len(lr) x len(wd)) and ``wd_label``. The colour scale spans the
+  lowest to the highest error of all panels (a square-root stretch, so the
+  good region is resolved; nothing is clipped).
   """
+  from matplotlib.colors import PowerNorm
+
   plt = _pyplot()
+  n_wd = max(len(p["weight_decays"]) for p in panels)
+  n_lr = max(len(p["learning_rates"]) for p in panels)
   fig, axes = plt.subplots(
-    1, len(panels), figsize=(4.6 * len(panels), 4.2), constrained_layout=True
+    1,
+    len(panels),
+    figsize=(0.62 * n_wd * len(panels) + 2.2, 0.5 * n_lr + 2.0),
+    constrained_layout=True,
   )
   axes = np.atleast_1d(axes)
-  top = max(float(np.max(p["errors"])) for p in panels) * 100
   low = min(float(np.min(p["errors"])) for p in panels) * 100
+  top = max(float(np.max(p["errors"])) for p in panels) * 100
+  norm = PowerNorm(0.5, vmin=low, vmax=max(top, low + 1e-6))
+  cmap = plt.get_cmap("viridis_r")
   for ax, panel in zip(axes, panels, strict=True):
-    errors = np.asarray(panel["errors"]).T * 100  # rows = weight decay
-    image = ax.imshow(
-      errors, origin="lower", cmap="viridis_r", vmin=low, vmax=min(top, 3 * low + 10)
-    )
+    errors = np.asarray(panel["errors"]) * 100  # rows = learning rate
+    image = ax.imshow(errors, origin="lower", cmap=cmap, norm=norm, aspect="auto")
     for (i, j), value in np.ndenumerate(errors):
-      ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="w")
+      r, g, b, _ = cmap(norm(value))
+      ink = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w"
+      ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color=ink)
+    for i, j in enumerate(np.argmin(errors, axis=1)):
+      ax.add_patch(plt.Circle((j, i), 0.42, fill=False, ec="magenta", lw=1.6))
     i, j = np.unravel_index(np.argmin(errors), errors.shape)
     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
-    ax.set_xticks(range(len(panel["learning_rates"])))
-    ax.set_xticklabels([f"{v:.0e}" for v in panel["learning_rates"]], rotation=45)
-    ax.set_yticks(range(len(panel["weight_decays"])))
-    ax.set_yticklabels([f"{v:.0e}" for v in panel["weight_decays"]])
+    ax.set_xticks(range(len(panel["weight_decays"])))
+    ax.set_xticklabels(_ticks(panel["weight_decays"]), rotation=45)
+    ax.set_yticks(range(len(panel["learning_rates"])))
+    ax.set_yticklabels(_ticks(panel["learning_rates"]))
     ax.set(
-      xlabel="learning rate α (log)",
-      ylabel=panel["wd_label"],
-      title=f"{panel['name']}: best {errors[i, j]:.1f}% test error",
+      xlabel=panel["wd_label"] + " (log)",
+      ylabel="learning rate α (log)",
+      title=f"{panel['name']}: best {errors[i, j]:.1f}%",
     )
   fig.colorbar(image, ax=axes, label="test error (%)", shrink=0.85)
-  fig.savefig(path, dpi=80)
+  fig.suptitle("circles: each α row's best λ; red box: the best cell", fontsize=9)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def angular(path: str, panels: list[dict], *, steps: int) -> None:
+  """Measured angular update against λ, one line per α, and the
+  rotational-equilibrium prediction (decoupled optimizers)."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(
+    1, len(panels), figsize=(5 * len(panels), 4), sharey=True, constrained_layout=True
+  )
+  axes = np.atleast_1d(axes)
+  for ax, panel in zip(axes, panels, strict=True):
+    wds, lrs = panel["weight_decays"], panel["learning_rates"]
+    colors = plt.get_cmap("plasma")(np.linspace(0, 0.9, len(lrs)))
+    for lr, row, color in zip(lrs, panel["angular_update"], colors, strict=True):
+      ax.plot(wds, row, "o-", ms=3, lw=1, color=color, label=f"α={lr:.0e}")
+    if "predicted" in panel:
+      ax.plot(wds, panel["predicted"], "k--", lw=2, label="sqrt(2λη(1-β1)/(1+β1))")
+    if panel.get("equilibrium_min_wd"):
+      ax.axvspan(wds[0], panel["equilibrium_min_wd"], color="0.9", zorder=0)
+      ax.text(
+        wds[0],
+        0.95,
+        " too short to equilibrate",
+        transform=ax.get_xaxis_transform(),
+        fontsize=7,
+        va="top",
+      )
+    ax.set(
+      xscale="log",
+      yscale="log",
+      xlabel=panel["wd_label"],
+      title=f"{panel['name']}: hidden kernels, middle half of {steps} steps",
+    )
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel("mean angular update ‖Δθ‖/‖θ‖ per step")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def budgets(path: str, study: dict) -> None:
+  """Test error against λ for each run length, and the best λ against steps."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+  wds = study["weight_decays"]
+  runs = study["runs"]
+  colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(runs)))
+  for run, color in zip(runs, colors, strict=True):
+    axes[0].plot(
+      wds,
+      np.asarray(run["test_error"]) * 100,
+      "o-",
+      ms=3,
+      color=color,
+      label=f"{run['steps']} steps",
+    )
+    axes[0].axvline(run["best_weight_decay"], color=color, lw=0.8, ls=":")
+  axes[0].set(
+    xscale="log",
+    xlabel="decoupled weight decay λ",
+    ylabel="test error (%)",
+    title=f"AdamW at α={study['learning_rate']:g}",
+  )
+  axes[0].legend(fontsize=8)
+  steps = np.asarray([r["steps"] for r in runs], np.float64)
+  best = np.asarray([r["best_weight_decay"] for r in runs])
+  axes[1].plot(steps, best, "o", color="k", label="best λ (refined)")
+  fit = np.exp(np.polyval(np.polyfit(np.log(steps), np.log(best), 1), np.log(steps)))
+  axes[1].plot(steps, fit, "k-", lw=1, label=f"fit: slope {study['slope']:+.2f}")
+  anchor = best[0] * (steps / steps[0]) ** -0.5
+  axes[1].plot(steps, anchor, "C3--", lw=1, label="normalized decay: slope -0.5")
+  axes[1].set(
+    xscale="log",
+    yscale="log",
+    xlabel="steps",
+    ylabel="best λ",
+    title="best λ against the run length",
+  )
+  axes[1].legend(fontsize=8)
+  fig.savefig(path, dpi=90)
   plt.close(fig)
 
 

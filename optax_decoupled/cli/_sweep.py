@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from optax_decoupled.cli import _train
+from optax_decoupled.cli import _models, _train
 from optax_decoupled.cli._data import Split
 
 #: The optimizers a sweep accepts (no restarts: one cosine cycle per run).
@@ -33,70 +33,61 @@ def log_grid(lo: float, hi: float, n: int) -> np.ndarray:
 def make_run(
   optimizer: str,
   data: Split,
+  arch: _models.Architecture,
   *,
   steps: int,
   batch_size: int,
-  hidden: int,
-  depth: int,
-  layer_norm: bool,
 ):
-  """``run(lr, wd, params, batches) -> (train_loss, test_loss, test_error)``.
+  """``run(lr, wd, params, rest, batches) -> (train_loss, test_error, angles)``.
 
   One whole training run as a pure function of arrays, ready for ``jax.vmap``
-  or ``jax.jit``. ``params`` is the model's state from :func:`init_params`,
-  ``batches`` the (steps, batch_size) indices from :func:`batch_table`.
+  or ``jax.jit``. ``params, rest`` are the model's ``nnx.Param`` state and the
+  rest (BatchNorm statistics) from :func:`init_state`, ``batches`` the
+  (steps, batch_size) indices from :func:`batch_table`. ``angles`` is the
+  hidden kernels' angular update at every step.
   """
   x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-  n = x.shape[0]
-  graphdef = _graphdef(data, hidden, depth, layer_norm)
+  graphdef = arch.graphdef(x.shape[1], data.num_classes)
   # The recipe's numbers are placeholders: inject_hyperparams replaces them.
-  recipe = _train.Recipe(optimizer, 0.0, 0.0, steps, batch_size, n)
+  recipe = _train.Recipe(optimizer, 0.0, 0.0, steps, batch_size, x.shape[0])
   factory = optax.inject_hyperparams(
-    _train._FACTORIES[optimizer], static_args=("schedule_multiplier",)
+    _train.FACTORIES[optimizer], static_args=("schedule_multiplier", "mask")
   )
 
-  def apply(params, inputs):
-    return nnx.merge(graphdef, params)(inputs)
-
-  def run(learning_rate, weight_decay, params, batches):
+  def run(learning_rate, weight_decay, params, rest, batches):
     tx = factory(
       learning_rate=learning_rate,
       weight_decay=weight_decay,
       schedule_multiplier=recipe.eta(),
+      mask=arch.decay_mask(),
     )
 
     def step(carry, idx):
-      params, opt_state = carry
-      grads = jax.grad(lambda p: _train.cross_entropy(apply(p, x[idx]), y[idx]))(params)
+      params, rest, opt_state = carry
+      # nnx.grad, not jax.grad: BatchNorm writes its statistics as it runs,
+      # so they travel in the carry.
+      model = nnx.merge(graphdef, params, rest)
+      grads = nnx.grad(
+        lambda model: _models.cross_entropy(model(x[idx]), y[idx]),
+        argnums=nnx.DiffState(0, nnx.Param),
+      )(model)
       updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
+      new_params = optax.apply_updates(params, updates)
+      angle = _models.kernel_angular_update(params, new_params)
+      return (new_params, nnx.split(model, nnx.Param, ...)[2], opt_state), angle
 
-    carry = (params, tx.init(params))
-    (params, _), _ = jax.lax.scan(step, carry, batches)
-    train_loss, _ = _train.loss_and_error(apply(params, x), y)
-    test_loss, test_error = _train.loss_and_error(apply(params, x_test), y_test)
-    return train_loss, test_loss, test_error
+    carry = (params, rest, tx.init(params))
+    (params, rest, _), angles = jax.lax.scan(step, carry, batches)
+    model = nnx.merge(graphdef, params, rest)
+    train_loss, _, _, test_error = _models.evaluate(model, x, y, x_test, y_test)
+    return train_loss, test_error, angles
 
   return run
 
 
 def _stack(trees):
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def _graphdef(data: Split, hidden: int, depth: int, layer_norm: bool):
-  model = nnx.eval_shape(
-    lambda: _train.MLP(
-      data.x_train.shape[1],
-      hidden,
-      data.num_classes,
-      depth,
-      layer_norm=layer_norm,
-      rngs=nnx.Rngs(0),
-    )
-  )
-  return nnx.split(model)[0]
 
 
 def batch_table(seed: int, steps: int, num_examples: int, batch_size: int):
@@ -108,113 +99,146 @@ def batch_table(seed: int, steps: int, num_examples: int, batch_size: int):
   return table(jnp.arange(steps, dtype=jnp.int32))
 
 
-def init_params(data: Split, seed: int, *, hidden: int, depth: int, layer_norm: bool):
-  """The model's state for ``seed``: the same init as ``train``'s."""
-  model = _train.make_model(
-    data.x_train.shape[1], data.num_classes, hidden, depth, seed, layer_norm
-  )
-  return nnx.split(model)[1]
+def init_state(data: Split, arch: _models.Architecture, seed: int):
+  """``(params, rest)`` of the model for ``seed``: the same init as ``train``'s."""
+  model = arch.make(data.x_train.shape[1], data.num_classes, seed)
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  return params, rest
 
 
-def sweep(
+def run_grid(
   optimizer: str,
   data: Split,
-  learning_rates: np.ndarray,
-  weight_decays: np.ndarray,
+  arch: _models.Architecture,
+  learning_rates,
+  weight_decays,
   seeds: list[int],
   *,
   steps: int,
   batch_size: int,
-  hidden: int,
-  depth: int,
-  layer_norm: bool,
-  sequential_configs: int = 3,
-) -> dict[str, Any]:
-  """Trains the whole grid at once; returns one row per (lr, wd) and timings.
+) -> tuple[dict[str, np.ndarray], float, Any]:
+  """Every (lr, wd, seed) in one vmapped program.
 
-  ``test_error`` and ``train_loss`` of a row are means over the seeds. For
-  comparison, ``sequential_configs`` configurations are also run one at a
-  time, and the time of the whole grid run that way is extrapolated from
-  them, two ways: through the same function jitted without ``vmap`` (compiled
-  once, hyperparameters as arguments), and as a loop of separate runs does it
-  (hyperparameters as constants, so each configuration compiles anew).
+  Returns arrays of shape (lr, wd, seed) (``train_loss``, ``test_error``, and
+  ``angular_update``: the mean over :func:`_train.angle_window`), the seconds it took
+  (compile included), and ``(run, configs)`` for timing single runs.
   """
   configs = list(itertools.product(learning_rates, weight_decays, seeds))
   lr = jnp.asarray([c[0] for c in configs], jnp.float32)
   wd = jnp.asarray([c[1] for c in configs], jnp.float32)
   which = jnp.asarray([seeds.index(c[2]) for c in configs])
   n = len(data.y_train)
-  params = _stack(
-    [
-      init_params(data, s, hidden=hidden, depth=depth, layer_norm=layer_norm)
-      for s in seeds
-    ]
-  )
+  state = _stack([init_state(data, arch, s) for s in seeds])
   batches = jnp.stack([batch_table(s, steps, n, batch_size) for s in seeds])
-  params, batches = jax.tree.map(lambda a: a[which], (params, batches))
-  run = make_run(
-    optimizer,
-    data,
-    steps=steps,
-    batch_size=batch_size,
-    hidden=hidden,
-    depth=depth,
-    layer_norm=layer_norm,
-  )
+  state, batches = jax.tree.map(lambda a: a[which], (state, batches))
+  run = make_run(optimizer, data, arch, steps=steps, batch_size=batch_size)
+
+  window = _train.angle_window(steps)
+
+  def summarized(*args):
+    train_loss, test_error, angles = run(*args)
+    return train_loss, test_error, jnp.mean(angles[window])
 
   start = time.perf_counter()
-  train_loss, _, test_error = jax.block_until_ready(
-    jax.jit(jax.vmap(run))(lr, wd, params, batches)
+  outputs = jax.block_until_ready(
+    jax.jit(jax.vmap(summarized))(lr, wd, *state, batches)
   )
-  vmapped_seconds = time.perf_counter() - start
+  seconds = time.perf_counter() - start
+  shape = (len(learning_rates), len(weight_decays), len(seeds))
+  names = ("train_loss", "test_error", "angular_update")
+  arrays = {
+    k: np.asarray(v, np.float64).reshape(shape)
+    for k, v in zip(names, outputs, strict=True)
+  }
 
   def config(j):
-    return lr[j], wd[j], *jax.tree.map(lambda a: a[j], (params, batches))
+    return lr[j], wd[j], *jax.tree.map(lambda a: a[j], (*state, batches))
+
+  return arrays, seconds, (summarized, config, len(configs))
+
+
+def time_one_at_a_time(summarized, config, num_configs: int, k: int) -> dict[str, Any]:
+  """Runs ``k`` configurations one at a time and extrapolates to all of them.
+
+  Two ways: through the same function jitted without ``vmap`` (compiled once,
+  hyperparameters as arguments), and as a loop of separate runs does it
+  (hyperparameters as constants, so each configuration compiles anew).
+  """
 
   def timed(fn, *args):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     return time.perf_counter() - start
 
-  # One at a time, compiled once: the first call compiles, the next k run.
-  k = max(1, min(sequential_configs, len(configs) - 1))
-  single = jax.jit(run)
+  k = max(1, min(k, num_configs - 1))
+  single = jax.jit(summarized)
   first = timed(single, *config(0))
   per_config = float(np.mean([timed(single, *config(j + 1)) for j in range(k)]))
-  # One at a time as a plain loop of runs does it: hyperparameters are Python
-  # numbers baked into each run's program, so every configuration compiles.
   naive = [
-    timed(jax.jit(functools.partial(run, float(lr[j]), float(wd[j]))), *config(j)[2:])
+    timed(
+      jax.jit(functools.partial(summarized, float(config(j)[0]), float(config(j)[1]))),
+      *config(j)[2:],
+    )
     for j in range(k)
   ]
-
-  shape = (len(learning_rates), len(weight_decays), len(seeds))
-  errors = np.asarray(test_error).reshape(shape)
-  losses = np.asarray(train_loss).reshape(shape)
-  rows = [
-    {
-      "optimizer": optimizer,
-      "learning_rate": float(a),
-      "weight_decay": float(w),
-      "test_error": float(errors[i, j].mean()),
-      "test_error_per_seed": [float(e) for e in errors[i, j]],
-      "train_loss": float(losses[i, j].mean()),
-      "train_loss_per_seed": [float(v) for v in losses[i, j]],
-    }
-    for (i, a), (j, w) in itertools.product(
-      enumerate(learning_rates), enumerate(weight_decays)
-    )
-  ]
   return {
-    "rows": rows,
-    "timing": {
-      "configs": len(configs),
-      "vmapped_seconds": vmapped_seconds,
-      "sequential_configs_timed": k,
-      "sequential_compile_seconds": max(first - per_config, 0.0),
-      "sequential_seconds_per_config": per_config,
-      "sequential_seconds_estimate": first + per_config * (len(configs) - 1),
-      "recompiling_seconds_per_config": float(np.mean(naive)),
-      "recompiling_seconds_estimate": float(np.mean(naive)) * len(configs),
-    },
+    "sequential_configs_timed": k,
+    "sequential_compile_seconds": max(first - per_config, 0.0),
+    "sequential_seconds_per_config": per_config,
+    "sequential_seconds_estimate": first + per_config * (num_configs - 1),
+    "recompiling_seconds_per_config": float(np.mean(naive)),
+    "recompiling_seconds_estimate": float(np.mean(naive)) * num_configs,
   }
+
+
+def sweep(
+  optimizer: str,
+  data: Split,
+  arch: _models.Architecture,
+  learning_rates: np.ndarray,
+  weight_decays: np.ndarray,
+  seeds: list[int],
+  *,
+  steps: int,
+  batch_size: int,
+  sequential_configs: int = 1,
+) -> dict[str, Any]:
+  """Trains the whole grid at once; returns one row per (lr, wd) and timings.
+
+  ``test_error``, ``train_loss`` and ``angular_update`` of a row are means
+  over the seeds; ``predicted_angular_update`` is the rotational-equilibrium
+  prediction for the row's λ over the same window (decoupled optimizers).
+  With ``sequential_configs > 0``, that many configurations are also run one
+  at a time for the speed comparison (:func:`time_one_at_a_time`).
+  """
+  arrays, seconds, (summarized, config, num_configs) = run_grid(
+    optimizer,
+    data,
+    arch,
+    learning_rates,
+    weight_decays,
+    seeds,
+    steps=steps,
+    batch_size=batch_size,
+  )
+  timing: dict[str, Any] = {"configs": num_configs, "vmapped_seconds": seconds}
+  if sequential_configs:
+    timing.update(
+      time_one_at_a_time(summarized, config, num_configs, sequential_configs)
+    )
+  eta = _train.Recipe(optimizer, 0.0, 0.0, steps, batch_size, 1).eta()
+  eta_window = _train.schedule_values(eta, np.arange(steps))[_train.angle_window(steps)]
+  rows = []
+  for (i, a), (j, w) in itertools.product(
+    enumerate(learning_rates), enumerate(weight_decays)
+  ):
+    row = {"optimizer": optimizer, "learning_rate": float(a), "weight_decay": float(w)}
+    for key, values in arrays.items():
+      row[key] = float(values[i, j].mean())
+      row[f"{key}_per_seed"] = [float(v) for v in values[i, j]]
+    if optimizer in _train.DECOUPLED:
+      row["predicted_angular_update"] = float(
+        np.mean(_train.equilibrium_angular_update(float(w), eta_window))
+      )
+    rows.append(row)
+  return {"rows": rows, "timing": timing}

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 import optax_decoupled as odx
+from optax_decoupled.cli import _models
 from optax_decoupled.cli._data import Split
 
 #: The optimizers the command line knows, by family.
@@ -26,7 +27,7 @@ SGD_TYPE = ("sgdw", "sgd_l2", "sgdwr")
 OPTIMIZERS = ("adamw", "adam_l2", "sgdw", "sgd_l2", "adamwr", "sgdwr")
 RESTARTS = ("adamwr", "sgdwr")
 DECOUPLED = ("adamw", "sgdw", "adamwr", "sgdwr")
-_FACTORIES = {
+FACTORIES = {
   "adamw": odx.adamw,
   "adam_l2": odx.adam_l2,
   "sgdw": odx.sgdw,
@@ -34,61 +35,6 @@ _FACTORIES = {
   "adamwr": odx.adamwr,
   "sgdwr": odx.sgdwr,
 }
-
-
-class MLP(nnx.Module):
-  """``features -> [Linear, LayerNorm?, ReLU] x depth -> Linear -> classes``.
-
-  With ``layer_norm`` the hidden layers are scale-invariant, as the
-  batch-normalized ResNets of the paper are: decay then changes the effective
-  step size rather than the function.
-  """
-
-  def __init__(
-    self,
-    features: int,
-    hidden: int,
-    classes: int,
-    depth: int,
-    *,
-    layer_norm: bool,
-    rngs,
-  ):
-    sizes = [features] + [hidden] * depth
-    self.hidden = nnx.List(
-      [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-    )
-    self.norms = nnx.List(
-      [
-        nnx.LayerNorm(hidden, use_scale=False, use_bias=False, rngs=rngs)
-        for _ in range(depth if layer_norm else 0)
-      ]
-    )
-    self.out = nnx.Linear(sizes[-1], classes, rngs=rngs)
-
-  def __call__(self, x):
-    for i, layer in enumerate(self.hidden):
-      x = layer(x)
-      if self.norms:
-        x = self.norms[i](x)
-      x = jax.nn.relu(x)
-    return self.out(x)
-
-
-def make_model(
-  features: int, classes: int, hidden: int, depth: int, seed: int, layer_norm: bool
-) -> MLP:
-  """The MLP initialized from ``seed`` (in one compiled call, not op by op)."""
-  create = nnx.jit(
-    lambda: MLP(
-      features, hidden, classes, depth, layer_norm=layer_norm, rngs=nnx.Rngs(seed)
-    )
-  )
-  return create()
-
-
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def batch_indices(key, step, num_examples: int, batch_size: int):
@@ -124,6 +70,7 @@ class Recipe:
   normalized: bool = False
   first_cycle_steps: int | None = None
   cycle_mult: int = 2
+  mask: Any = None
 
   @property
   def restarts(self) -> bool:
@@ -152,7 +99,7 @@ class Recipe:
     )
 
   def tx(self) -> optax.GradientTransformation:
-    factory = _FACTORIES[self.optimizer]
+    factory = FACTORIES[self.optimizer]
     if self.restarts:
       return factory(
         self.learning_rate,
@@ -160,57 +107,65 @@ class Recipe:
         cycle_mult=self.cycle_mult,
         weight_decay=self.weight_decay,
         normalize_weight_decay=self.normalized,
+        mask=self.mask,
       )
     return factory(
-      self.learning_rate, weight_decay=self.lam(), schedule_multiplier=self.eta()
+      self.learning_rate,
+      weight_decay=self.lam(),
+      schedule_multiplier=self.eta(),
+      mask=self.mask,
     )
+
+  def lam_values(self, steps: np.ndarray) -> np.ndarray:
+    """``λ_t`` at ``steps``."""
+    lam = self.lam()
+    return schedule_values(lam, steps) if callable(lam) else np.full(len(steps), lam)
 
   def effective_decay(self, steps: np.ndarray) -> np.ndarray:
     """Per-step decay: ``η_t λ_t`` (decoupled) or ``η_t α λ`` (L2, nominal)."""
-    lam = self.lam()
-    lam_t = schedule_values(lam, steps) if callable(lam) else lam
+    lam_t = self.lam_values(steps)
     eta_t = schedule_values(self.eta(), steps)
     scale = 1.0 if self.optimizer in DECOUPLED else self.learning_rate
     return eta_t * lam_t * scale
+
+
+def angle_window(steps: int) -> slice:
+  """The middle half of a run, where the angular update is averaged."""
+  return slice(steps // 4, max(steps // 4 + 1, (3 * steps) // 4))
+
+
+#: β1 of Adam and the momentum of SGD, as the command line uses them.
+B1 = 0.9
+
+
+def equilibrium_angular_update(weight_decay, eta):
+  """``sqrt(2 λ_t η_t (1-β1)/(1+β1))``: the angular update per step of
+  scale-invariant weights at rotational equilibrium (AdamW and SGDW alike)."""
+  return np.sqrt(2 * np.asarray(weight_decay) * np.asarray(eta) * (1 - B1) / (1 + B1))
 
 
 def schedule_values(schedule, steps: np.ndarray) -> np.ndarray:
   return np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(steps, jnp.int32)))
 
 
-def loss_and_error(logits, labels):
-  """Mean cross-entropy and error rate (the fraction misclassified)."""
-  wrong = (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
-  return cross_entropy(logits, labels), jnp.mean(wrong)
-
-
-@nnx.jit
-def _evaluate(model, x, y):
-  return loss_and_error(model(x), y)
-
-
-def evaluate(model, x, y) -> tuple[float, float]:
-  """(mean cross-entropy, accuracy) of ``model`` on ``x, y``."""
-  loss, error = _evaluate(model, jnp.asarray(x), jnp.asarray(y))
-  return float(loss), 1.0 - float(error)
-
-
 def train(
   recipe: Recipe,
   data: Split,
   *,
-  hidden: int,
-  depth: int,
-  layer_norm: bool,
+  arch: _models.Architecture,
   seed: int,
   progress: bool = True,
 ) -> dict[str, Any]:
-  """Trains the MLP; returns metrics and per-step curves (numpy)."""
+  """Trains the MLP; returns metrics and per-step curves (numpy).
+
+  Besides the batch loss, every step records the angular update of the hidden
+  kernels (``‖Δθ‖/‖θ‖``, averaged over the kernels).
+  """
   from tqdm.auto import tqdm
 
   started = time.perf_counter()
   x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-  model = make_model(x.shape[1], data.num_classes, hidden, depth, seed, layer_norm)
+  model = arch.make(x.shape[1], data.num_classes, seed)
   optimizer = nnx.Optimizer(model, recipe.tx(), wrt=nnx.Param)
   key = batch_key(seed)
   n, b = x.shape[0], recipe.batch_size
@@ -218,43 +173,67 @@ def train(
   graphdef, state = nnx.split((model, optimizer))
 
   def one_step(t, carry):
-    state, losses = carry
+    state, curves = carry
     model, optimizer = nnx.merge(graphdef, state)
     idx = batch_indices(key, t, n, b)
+    before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))  # not a view
     loss, grads = nnx.value_and_grad(
-      lambda model: cross_entropy(model(x[idx]), y[idx])
+      lambda model: _models.cross_entropy(model(x[idx]), y[idx])
     )(model)
     optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), losses.at[t].set(loss)
+    angle = _models.kernel_angular_update(before, nnx.state(model, nnx.Param))
+    curves = {
+      "loss": curves["loss"].at[t].set(loss),
+      "angle": curves["angle"].at[t].set(angle),
+    }
+    return nnx.state((model, optimizer)), curves
 
   @jax.jit
-  def run(state, losses, start, stop):
+  def run(state, curves, start, stop):
     """Steps ``start .. stop-1`` in one call (one compile for every chunk)."""
-    return jax.lax.fori_loop(start, stop, one_step, (state, losses))
+    return jax.lax.fori_loop(start, stop, one_step, (state, curves))
 
   steps = np.arange(recipe.steps)
   eta = schedule_values(recipe.eta(), steps)
-  losses = jnp.zeros([recipe.steps], jnp.float32)
+  curves = {k: jnp.zeros([recipe.steps], jnp.float32) for k in ("loss", "angle")}
   chunk = max(1, recipe.steps // 50)
   with tqdm(total=recipe.steps, disable=not progress, desc=recipe.optimizer) as bar:
     for start in range(0, recipe.steps, chunk):
       stop = min(start + chunk, recipe.steps)
-      state, losses = run(state, losses, jnp.int32(start), jnp.int32(stop))
+      state, curves = run(state, curves, jnp.int32(start), jnp.int32(stop))
       bar.update(stop - start)
-      bar.set_postfix(loss=f"{float(losses[stop - 1]):.4f}", eta=f"{eta[stop - 1]:.3f}")
+      bar.set_postfix(
+        loss=f"{float(curves['loss'][stop - 1]):.4f}",
+        eta=f"{eta[stop - 1]:.3f}",
+        angular_update=f"{float(curves['angle'][stop - 1]):.2e}",
+      )
   nnx.update((model, optimizer), state)
-  train_loss, train_accuracy = evaluate(model, data.x_train, data.y_train)
-  test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
+  train_loss, train_error, test_loss, test_error = map(
+    float, _evaluate(model, x, y, jnp.asarray(data.x_test), jnp.asarray(data.y_test))
+  )
   return {
-    "test_accuracy": test_accuracy,
+    "test_accuracy": 1.0 - test_error,
     "test_loss": test_loss,
     "train_loss": train_loss,
-    "train_accuracy": train_accuracy,
+    "train_accuracy": 1.0 - train_error,
     "elapsed_seconds": time.perf_counter() - started,
     "curves": {
       "step": steps,
-      "batch_loss": np.asarray(losses),
+      "batch_loss": np.asarray(curves["loss"]),
+      "angular_update": np.asarray(curves["angle"]),
       "eta": eta,
       "effective_decay": recipe.effective_decay(steps),
+      **(
+        {
+          "equilibrium_angular_update": equilibrium_angular_update(
+            recipe.lam_values(steps), eta
+          )
+        }
+        if recipe.optimizer in DECOUPLED
+        else {}
+      ),
     },
   }
+
+
+_evaluate = nnx.jit(_models.evaluate)

@@ -1,0 +1,142 @@
+"""The command line's classifiers (Flax NNX): normalized or plain MLPs.
+
+``bn`` is the paper's setting at small scale: every hidden kernel feeds a
+batch normalization without scale or bias, so the function does not change
+when a kernel is multiplied by a positive number (scale invariance). Weight
+decay then sets the kernels' norm, and through it the effective step size,
+rather than regularizing the function. ``ln`` does the same with layer
+normalization; ``mlp`` has no normalization, the control.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import optax_decoupled as odx
+
+MODELS = ("bn", "ln", "mlp")
+
+#: The kernels that are scale-invariant in the normalized models (and decayed).
+HIDDEN_KERNELS = r"^hidden/\d+/kernel"
+
+
+class MLP(nnx.Module):
+  """``features -> [Linear, norm, ReLU] x depth -> Linear -> classes``.
+
+  ``norm`` is ``"bn"`` (BatchNorm without affine: batch statistics in
+  training; with ``use_running_average`` the statistics of the last
+  training-mode call, which :func:`evaluate` makes the whole training set),
+  ``"ln"`` (LayerNorm without affine) or ``"mlp"`` (none). Normalized hidden
+  layers have no bias, so that their kernel alone is scale-invariant.
+  """
+
+  def __init__(
+    self, features: int, hidden: int, classes: int, depth: int, *, norm: str, rngs
+  ):
+    if norm not in MODELS:
+      raise ValueError(f"model={norm!r} must be one of {', '.join(MODELS)}")
+    self.norm = norm
+    plain = norm == "mlp"
+    sizes = [features] + [hidden] * depth
+    self.hidden = nnx.List(
+      [
+        nnx.Linear(a, b, use_bias=plain, rngs=rngs)
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+      ]
+    )
+    if norm == "bn":
+      # momentum 0: the stored statistics are those of the last training-mode
+      # call, so one call on the whole training set sets them exactly.
+      make = lambda: nnx.BatchNorm(
+        hidden, momentum=0.0, use_bias=False, use_scale=False, rngs=rngs
+      )
+    else:
+      make = lambda: nnx.LayerNorm(hidden, use_bias=False, use_scale=False, rngs=rngs)
+    self.norms = nnx.List([make() for _ in range(0 if plain else depth)])
+    self.out = nnx.Linear(sizes[-1], classes, rngs=rngs)
+
+  def __call__(self, x, *, use_running_average: bool = False):
+    for i, layer in enumerate(self.hidden):
+      x = layer(x)
+      if self.norm == "bn":
+        x = self.norms[i](x, use_running_average=use_running_average)
+      elif self.norm == "ln":
+        x = self.norms[i](x)
+      x = jax.nn.relu(x)
+    return self.out(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """Which MLP: ``norm`` (one of :data:`MODELS`), width and number of hidden layers."""
+
+  norm: str = "bn"
+  hidden: int = 64
+  depth: int = 2
+
+  def make(self, features: int, classes: int, seed: int) -> MLP:
+    """The MLP initialized from ``seed`` (in one compiled call, not op by op)."""
+    create = nnx.jit(
+      lambda: MLP(
+        features, self.hidden, classes, self.depth, norm=self.norm, rngs=nnx.Rngs(seed)
+      )
+    )
+    return create()
+
+  def graphdef(self, features: int, classes: int):
+    """The model's structure, without computing any weights."""
+    model = nnx.eval_shape(
+      lambda: MLP(
+        features, self.hidden, classes, self.depth, norm=self.norm, rngs=nnx.Rngs(0)
+      )
+    )
+    return nnx.split(model, nnx.Param, ...)[0]
+
+  def decay_mask(self) -> Callable[[Any], Any]:
+    """Which leaves are decayed: the scale-invariant hidden kernels of a
+    normalized model; every kernel (not the biases) of the plain MLP."""
+    if self.norm == "mlp":
+      return odx.mask_by_ndim(2)
+    return odx.mask_by_path(HIDDEN_KERNELS, decay=True)
+
+
+def hidden_kernels(params) -> list[jax.Array]:
+  """The hidden layers' kernels of an MLP's ``nnx.Param`` state, in order."""
+  return [layer["kernel"][...] for layer in params["hidden"].values()]
+
+
+def kernel_angular_update(params, new_params) -> jax.Array:
+  """``‖Δθ‖/‖θ‖`` of each hidden kernel, averaged over the kernels."""
+  pairs = zip(hidden_kernels(params), hidden_kernels(new_params), strict=True)
+  return jnp.mean(
+    jnp.stack([jnp.linalg.norm(b - a) / jnp.linalg.norm(a) for a, b in pairs])
+  )
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def loss_and_error(logits, labels):
+  """Mean cross-entropy and error rate (the fraction misclassified)."""
+  wrong = (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
+  return cross_entropy(logits, labels), jnp.mean(wrong)
+
+
+def evaluate(model: MLP, x_train, y_train, x_test, y_test):
+  """``(train_loss, train_error, test_loss, test_error)``.
+
+  The train set is seen in training mode: BatchNorm normalizes it with its own
+  (whole-set) statistics and stores them; the test set is then normalized with
+  those stored statistics, not its own.
+  """
+  train = loss_and_error(model(x_train), y_train)
+  test = loss_and_error(model(x_test, use_running_average=True), y_test)
+  return (*train, *test)

@@ -1,0 +1,221 @@
+"""The sweep command's two studies: the lr x decay grid, and run budgets.
+
+Each returns a :class:`Study`: the JSON payload, the lines to print, and the
+figures to draw, so that the command writes everything in one staging step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from optax_decoupled.cli import _models, _plots, _summary, _sweep, _train
+from optax_decoupled.cli._data import Split
+
+
+@dataclasses.dataclass
+class Study:
+  name: str  # the JSON file's stem
+  payload: dict[str, Any]
+  figures: dict[str, Callable[[str], None]]  # file name -> draw(path)
+
+  def write(self, folder: str, write_json: Callable[[str, Any], None]) -> None:
+    write_json(os.path.join(folder, f"{self.name}.json"), self.payload)
+    for file_name, draw in self.figures.items():
+      draw(os.path.join(folder, file_name))
+
+
+def _mean_eta(optimizer: str, steps: int) -> float:
+  recipe = _train.Recipe(optimizer, 0.0, 0.0, steps, 1, 1)
+  return float(_train.schedule_values(recipe.eta(), np.arange(steps)).mean())
+
+
+def grid(
+  names: list[str],
+  ranges: dict[str, tuple[np.ndarray, np.ndarray]],
+  data: Split,
+  arch: _models.Architecture,
+  *,
+  seeds: list[int],
+  steps: int,
+  batch_size: int,
+  sequential_configs: int,
+  settings: dict[str, Any],
+) -> Study:
+  """Every optimizer over its (lr, wd) grid; summary and equilibrium per optimizer."""
+  rows, timing, summary = [], {}, {}
+  for name in names:
+    lrs, wds = ranges[name]
+    print(f"{name}: {len(lrs)}x{len(wds)} grid x {len(seeds)} seeds ...", flush=True)
+    result = _sweep.sweep(
+      name,
+      data,
+      arch,
+      lrs,
+      wds,
+      seeds,
+      steps=steps,
+      batch_size=batch_size,
+      sequential_configs=sequential_configs,
+    )
+    rows += result["rows"]
+    timing[name] = result["timing"]
+    summary[name] = _summary.summarize(rows, name)
+    eq = _summary.equilibrium(rows, name, steps=steps, eta_mean=_mean_eta(name, steps))
+    if eq is not None:
+      summary[name]["equilibrium"] = eq
+    for line in _report(name, summary[name], timing[name], steps):
+      print("  " + line, flush=True)
+  panels = [_panel(rows, name, summary[name]) for name in names]
+  payload = {
+    "settings": settings,
+    "summary": summary,
+    "rows": rows,
+    "timing": timing,
+    "notes": {
+      "best_wd_spread_decades": "log10(max) - log10(min) of the best λ over "
+      "the α rows whose best error is within "
+      f"{_summary.GOOD_ROW_FACTOR}x of the grid's best",
+      "transfer_regret": "mean over α rows of (error at the single λ column "
+      "with the lowest mean error) - (the row's best error)",
+      "angular_update": "mean ‖Δθ‖/‖θ‖ of the hidden kernels over the middle "
+      "half of training; predicted_angular_update: sqrt(2 λ η_t (1-β1)/(1+β1)) "
+      "averaged over the same steps",
+      "equilibrium": f"cells with steps >= {_summary.EQUILIBRIUM_FACTOR} / (η̄ λ), "
+      "η̄ the run's mean schedule multiplier",
+      "timing": "vmapped_seconds: the whole grid in one program, compile "
+      "included. sequential_*: the same run function jitted once and called "
+      "per config, recompiling_*: a fresh program per config; both "
+      "extrapolated from sequential_configs_timed configs to all configs.",
+    },
+  }
+  figures = {
+    "heatmap.png": lambda path: _plots.heatmaps(path, panels),
+    "angular.png": lambda path: _plots.angular(path, panels, steps=steps),
+  }
+  return Study("sweep", payload, figures)
+
+
+def _panel(rows, name, summary):
+  lrs, wds, errors = _summary.grid(rows, name)
+  _, _, angles = _summary.grid(rows, name, "angular_update")
+  panel = {
+    "name": name,
+    "learning_rates": lrs,
+    "weight_decays": wds,
+    "errors": errors,
+    "angular_update": angles,
+    "best_weight_decay_per_lr": [
+      r["weight_decay"] for r in summary["best_weight_decay_per_lr"]
+    ],
+    "equilibrium_min_wd": summary.get("equilibrium", {}).get("min_weight_decay"),
+    "wd_label": "decoupled weight decay λ"
+    if name in _train.DECOUPLED
+    else "L2 coefficient λ",
+  }
+  if name in _train.DECOUPLED:
+    panel["predicted"] = _summary.grid(rows, name, "predicted_angular_update")[2][0]
+  return panel
+
+
+def _report(name: str, summary: dict, timing: dict, steps: int) -> list[str]:
+  best = summary["best"]
+  per_lr = ", ".join(
+    f"{r['learning_rate']:.0e}:{r['weight_decay']:.0e}"
+    for r in summary["best_weight_decay_per_lr"]
+  )
+  lines = [
+    f"best test error {best['test_error']:.4f} at lr={best['learning_rate']:.3g}, "
+    f"wd={best['weight_decay']:.3g} ({timing['configs']} runs vmapped in "
+    f"{timing['vmapped_seconds']:.1f} s)",
+    f"best wd per lr (lr:wd): {per_lr}",
+    f"spread of the best wd over the {len(summary['good_rows'])} good lr rows: "
+    f"{summary['best_wd_spread_decades']:.2f} decades; one wd for every lr "
+    f"(wd={summary['transfer_weight_decay']:.0e}) costs "
+    f"{100 * summary['transfer_regret']:.2f} points of test error on average",
+  ]
+  if "sequential_seconds_estimate" in timing:
+    lines.append(
+      f"one at a time: ~{timing['sequential_seconds_estimate']:.1f} s compiled "
+      f"once, ~{timing['recompiling_seconds_estimate']:.0f} s recompiling "
+      f"(extrapolated from {timing['sequential_configs_timed']} runs)"
+    )
+  eq = summary.get("equilibrium")
+  if eq is not None and eq["min_weight_decay"] is None:
+    lines.append(
+      f"no cell reached rotational equilibrium: {steps} steps are shorter than "
+      f"{_summary.EQUILIBRIUM_FACTOR:g} / (η̄ λ) for every λ of the grid"
+    )
+  elif eq is not None:
+    lines.append(
+      f"equilibrium reached for wd >= {eq['min_weight_decay']:.0e} (steps >= "
+      f"{_summary.EQUILIBRIUM_FACTOR:g}/(η̄ wd)); there the measured angular "
+      f"update is {eq['ratio_median']:.2f}x the prediction "
+      f"(range {eq['ratio_min']:.2f}-{eq['ratio_max']:.2f}); smaller wd: "
+      "too few steps to equilibrate"
+    )
+  return lines
+
+
+def budgets(
+  budgets_: list[int],
+  learning_rate: float,
+  weight_decays: np.ndarray,
+  data: Split,
+  arch: _models.Architecture,
+  *,
+  seeds: list[int],
+  batch_size: int,
+  settings: dict[str, Any],
+) -> Study:
+  """AdamW over λ at one α for several run lengths; the slope of log λ* vs
+  log steps, next to normalized weight decay's −0.5."""
+  runs = []
+  for steps in budgets_:
+    print(f"adamw, {steps} steps: {len(weight_decays)} wd x {len(seeds)} seeds ...")
+    arrays, seconds, _ = _sweep.run_grid(
+      "adamw",
+      data,
+      arch,
+      [learning_rate],
+      weight_decays,
+      seeds,
+      steps=steps,
+      batch_size=batch_size,
+    )
+    errors = arrays["test_error"].mean(axis=-1)[0]
+    best = _summary.refined_minimum(weight_decays, errors)
+    print(f"  best wd {best:.2e} (test error {errors.min():.4f}; {seconds:.1f} s)")
+    runs.append(
+      {
+        "steps": steps,
+        "test_error": [float(e) for e in errors],
+        "best_weight_decay": best,
+        "best_test_error": float(errors.min()),
+        "vmapped_seconds": seconds,
+      }
+    )
+  slope = _summary.budget_slope(budgets_, [r["best_weight_decay"] for r in runs])
+  print(
+    f"slope of log(best wd) against log(steps): {slope:+.2f} (normalized weight "
+    "decay predicts -0.50; 0 means the best raw wd does not depend on the budget)"
+  )
+  payload = {
+    "settings": settings,
+    "learning_rate": learning_rate,
+    "weight_decays": [float(w) for w in weight_decays],
+    "runs": runs,
+    "slope": slope,
+    "normalized_weight_decay_slope": -0.5,
+    "notes": "best_weight_decay: the grid's best λ refined by a parabola in "
+    "log λ through it and its neighbours; slope: least squares of log λ* on "
+    "log steps",
+  }
+  figures = {
+    "budgets.png": lambda path: _plots.budgets(path, payload),
+  }
+  return Study("budgets", payload, figures)
