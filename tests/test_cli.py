@@ -20,7 +20,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from optax_decoupled.cli import _data, _train  # noqa: E402
+from optax_decoupled.cli import _data, _models, _train  # noqa: E402
 from optax_decoupled.cli import _main as _cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +47,8 @@ def digits_npz(tmp_path_factory):
 def sweep_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("sweep") / "out"
   argv = ["sweep", "--grid", "2", "--steps", "40", "--seeds", "2", "--hidden", "32"]
+  argv += ["--dataset", "digits", "--test-fraction", "0.5", "--train-size", "500"]
+  argv += ["--label-noise", "0.3", "--batch-size", "32"]
   argv += ["--sequential-configs", "1", "--out", str(out)]
   assert _cli.main(argv) == 0
   with open(out / "sweep.json") as f:
@@ -91,12 +93,22 @@ def test_sweep_writes_one_row_per_optimizer_lr_wd_and_a_heatmap(sweep_run):
     assert len(row["test_error_per_seed"]) == 2, row
   # The grid's corners are the default ranges (log-spaced, N = 2).
   adamw = [r for r in rows if r["optimizer"] == "adamw"]
-  assert sorted({r["learning_rate"] for r in adamw}) == pytest.approx([1e-3, 3e-2])
-  assert sorted({r["weight_decay"] for r in adamw}) == pytest.approx([1e-4, 1e-1])
+  assert sorted({r["learning_rate"] for r in adamw}) == pytest.approx([1e-4, 1e-1])
+  assert sorted({r["weight_decay"] for r in adamw}) == pytest.approx([1e-5, 1.0])
   for name in ("adam_l2", "adamw"):
     timing = sweep["timing"][name]
     assert timing["configs"] == 8 and timing["vmapped_seconds"] > 0, timing
-  assert _is_png(out / "heatmap.png")
+    assert timing["sequential_configs_timed"] == 1, timing
+    summary = sweep["summary"][name]
+    assert len(summary["best_weight_decay_per_lr"]) == 2, summary
+    assert summary["best_wd_spread_decades"] >= 0, summary
+  # Decoupled rows carry the equilibrium prediction; L2 rows have none.
+  assert all("predicted_angular_update" in r for r in adamw)
+  assert not any(
+    "predicted_angular_update" in r for r in rows if r["optimizer"] == "adam_l2"
+  )
+  assert sorted(os.listdir(out)) == ["angular.png", "heatmap.png", "sweep.json"]
+  assert _is_png(out / "heatmap.png") and _is_png(out / "angular.png")
 
 
 @pytest.mark.parametrize("optimizer", ["adam_l2", "adamw"])
@@ -110,12 +122,20 @@ def test_vmapped_sweep_cell_equals_a_train_run_alone(sweep_run, optimizer):
   x, y = _data.load_digits()
   data = _data.split(x, y, seed=0, test_fraction=0.5, train_size=500)
   data = _data.corrupt_labels(data, 0.3, seed=0)
+  arch = _models.Architecture("bn", hidden=32, depth=2)
   recipe = _train.Recipe(
-    optimizer, row["learning_rate"], row["weight_decay"], 40, 32, len(data.y_train)
+    optimizer,
+    row["learning_rate"],
+    row["weight_decay"],
+    40,
+    32,
+    len(data.y_train),
+    mask=arch.decay_mask(),
   )
-  alone = _train.train(
-    recipe, data, hidden=32, depth=2, layer_norm=False, seed=0, progress=False
-  )
+  alone = _train.train(recipe, data, arch=arch, seed=0, progress=False)
+  # The angular update of the same run, over the same window.
+  window = alone["curves"]["angular_update"][_train.angle_window(40)]
+  assert math.isclose(window.mean(), row["angular_update_per_seed"][0], rel_tol=2e-3)
   loss = row["train_loss_per_seed"][0]
   assert math.isclose(alone["train_loss"], loss, rel_tol=2e-3), (alone, row)
   # Test error counts misclassified examples: allow one of float rounding.
@@ -173,6 +193,11 @@ def _bad_inputs(tmp_path):
       "adamwr/sgdwr",
     ),
     "grid 0": (["sweep", "--grid", "0"], "'0'"),
+    "grid 3 sizes": (["sweep", "--grid", "2x3x4"], "AxL"),
+    "one budget": (["sweep", "--budgets", "100"], "two or more"),
+    "repeated budget": (["sweep", "--budgets", "100,100"], "two or more"),
+    "test fraction on mnist1d": (["sweep", "--test-fraction", "0.5"], "fixed"),
+    "unknown model": (["train", "--model", "resnet"], "resnet"),
     "reversed range": (["sweep", "--lr-range", "1e-2,1e-3"], "LO must be <= HI"),
     "bad range": (["sweep", "--wd-range", "abc"], "LO,HI"),
     "negative range": (["sweep", "--wd-range=-1,1"], "'-1'"),
@@ -201,6 +226,11 @@ def _bad_inputs(tmp_path):
     "batch > data",
     "cycle on adamw",
     "grid 0",
+    "grid 3 sizes",
+    "one budget",
+    "repeated budget",
+    "test fraction on mnist1d",
+    "unknown model",
     "reversed range",
     "bad range",
     "negative range",
