@@ -248,3 +248,24 @@ def test_budget_study_writes_budgets_json_and_png(tmp_path, capsys):
     math.log(best[1] / best[0]) / math.log(3), abs=1e-9
   )
   assert sorted(p.name for p in out.iterdir()) == ["budgets.json", "budgets.png"]
+
+
+def test_diverged_cells_are_null_and_left_out_of_the_ratios():
+  """A run whose angular update is NaN is written as null: the grid still
+  assembles, and the ratios use the finite cells only."""
+  rows = [
+    {
+      "optimizer": "adamw",
+      "learning_rate": lr,
+      "weight_decay": 0.1,
+      "test_error": 0.5,
+      "angular_update": measured,
+      "predicted_angular_update": 0.1,
+    }
+    for lr, measured in [(1e-3, 0.08), (1e-2, None)]
+  ]
+  _, _, angles = _summary.grid(rows, "adamw", "angular_update")
+  assert angles[0, 0] == 0.08 and np.isnan(angles[1, 0])
+  eq = _summary.equilibrium(rows, "adamw", steps=1000, eta_mean=0.5)
+  assert eq["cells"] == 2 and eq["diverged_cells"] == 1
+  assert eq["ratio_median"] == pytest.approx(0.8)

@@ -150,6 +150,8 @@ def _report(name: str, summary: dict, timing: dict, steps: int) -> list[str]:
       f"no cell reached rotational equilibrium: {steps} steps are shorter than "
       f"{_summary.EQUILIBRIUM_FACTOR:g} / (η̄ λ) for every λ of the grid"
     )
+  elif eq is not None and eq["ratio_median"] is None:
+    lines.append(f"every cell past the equilibrium time diverged ({eq['cells']})")
   elif eq is not None:
     lines.append(
       f"equilibrium reached for wd >= {eq['min_weight_decay']:.0e} (steps >= "
@@ -157,6 +159,11 @@ def _report(name: str, summary: dict, timing: dict, steps: int) -> list[str]:
       f"update is {eq['ratio_median']:.2f}x the prediction "
       f"(range {eq['ratio_min']:.2f}-{eq['ratio_max']:.2f}); smaller wd: "
       "too few steps to equilibrate"
+      + (
+        f"; {eq['diverged_cells']} diverged cells left out"
+        if eq["diverged_cells"]
+        else ""
+      )
     )
   return lines
 

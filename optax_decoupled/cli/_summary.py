@@ -24,9 +24,12 @@ def grid(rows: list[dict], optimizer: str, key: str = "test_error"):
   lrs = sorted({r["learning_rate"] for r in mine})
   wds = sorted({r["weight_decay"] for r in mine})
   values = np.full((len(lrs), len(wds)), np.nan)
+  filled = np.zeros(values.shape, bool)
   for r in mine:
-    values[lrs.index(r["learning_rate"]), wds.index(r["weight_decay"])] = r[key]
-  if np.isnan(values).any():
+    i, j = lrs.index(r["learning_rate"]), wds.index(r["weight_decay"])
+    filled[i, j] = True
+    values[i, j] = np.nan if r[key] is None else r[key]  # null: not finite
+  if not filled.all():
     raise ValueError(f"the {optimizer} rows do not fill a learning-rate x decay grid")
   return np.asarray(lrs), np.asarray(wds), values
 
@@ -81,16 +84,18 @@ def equilibrium(rows: list[dict], optimizer: str, *, steps: int, eta_mean: float
     r for r in mine if steps * eta_mean * r["weight_decay"] >= EQUILIBRIUM_FACTOR
   ]
   if not reached:
-    return {"min_weight_decay": None, "cells": 0}
+    return {"min_weight_decay": None, "cells": 0, "diverged_cells": 0}
+  finite = [r for r in reached if r["angular_update"] is not None]
   ratios = np.asarray(
-    [r["angular_update"] / r["predicted_angular_update"] for r in reached]
+    [r["angular_update"] / r["predicted_angular_update"] for r in finite]
   )
   return {
     "min_weight_decay": float(min(r["weight_decay"] for r in reached)),
-    "ratio_median": float(np.median(ratios)),
-    "ratio_min": float(ratios.min()),
-    "ratio_max": float(ratios.max()),
+    "ratio_median": float(np.median(ratios)) if finite else None,
+    "ratio_min": float(ratios.min()) if finite else None,
+    "ratio_max": float(ratios.max()) if finite else None,
     "cells": len(reached),
+    "diverged_cells": len(reached) - len(finite),
   }
 
 

@@ -234,11 +234,17 @@ def sweep(
   ):
     row = {"optimizer": optimizer, "learning_rate": float(a), "weight_decay": float(w)}
     for key, values in arrays.items():
-      row[key] = float(values[i, j].mean())
-      row[f"{key}_per_seed"] = [float(v) for v in values[i, j]]
+      row[key] = _finite_or_none(values[i, j].mean())
+      row[f"{key}_per_seed"] = [_finite_or_none(v) for v in values[i, j]]
     if optimizer in _train.DECOUPLED:
       row["predicted_angular_update"] = float(
         np.mean(_train.equilibrium_angular_update(float(w), eta_window))
       )
     rows.append(row)
   return {"rows": rows, "timing": timing}
+
+
+def _finite_or_none(value) -> float | None:
+  """A number for JSON: None (null) for a diverged run's NaN or infinity."""
+  value = float(value)
+  return value if np.isfinite(value) else None
