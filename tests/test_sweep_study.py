@@ -90,7 +90,7 @@ def test_equilibrium_counts_cells_with_steps_well_past_one_over_eta_lambda():
   assert eq["ratio_median"] == pytest.approx(1.0)
   assert (eq["ratio_min"], eq["ratio_max"]) == pytest.approx((0.9, 1.2))
   none = _summary.equilibrium(rows, "adamw", steps=5, eta_mean=0.5)
-  assert none == {"min_weight_decay": None, "cells": 0}
+  assert none == {"min_weight_decay": None, "cells": 0, "diverged_cells": 0}
 
 
 def test_refined_minimum_finds_a_parabola_vertex_between_grid_points():
