@@ -507,4 +507,3 @@ def main(argv=None) -> int:
     message = " ".join(str(error).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
-
