@@ -507,3 +507,4 @@ def main(argv=None) -> int:
     message = " ".join(str(error).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
