@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_decoupled import _checks
@@ -67,10 +68,11 @@ def schedule_peak_of(
 
   In order: ``schedule_peak`` when given; 1 when there is no multiplier; the
   peak a schedule carries (:func:`with_peak`, :func:`cosine_warm_restarts`);
-  the multiplier itself when it is a known number (a constant is its own
-  peak). Anything else (a schedule that carries no peak, or a traced value,
-  as ``optax.inject_hyperparams`` passes a schedule's value at the step) is a
-  ValueError: the correction would silently be wrong.
+  the multiplier itself when it is a Python or NumPy number (a constant is its
+  own peak). Anything else is a ValueError, since the correction would be
+  silently wrong: a schedule that carries no peak, or a ``jax.Array`` or
+  tracer, which is what ``optax.inject_hyperparams`` passes for a schedule
+  (its value at the step).
   """
   if not corrected:
     return None
@@ -83,8 +85,11 @@ def schedule_peak_of(
     peak = getattr(schedule_multiplier, PEAK_ATTRIBUTE, None)
     if peak is not None:
       return peak
-  elif _checks.concrete_value(schedule_multiplier) is not None:
-    return schedule_multiplier
+  elif isinstance(schedule_multiplier, (int, float, np.number, np.ndarray)):
+    # A Python or NumPy number is constant. A jax.Array is not taken for one:
+    # optax.inject_hyperparams passes a schedule's value at the step as one.
+    if _checks.concrete_value(schedule_multiplier) is not None:
+      return schedule_multiplier
   raise ValueError(
     f"corrected=True needs the peak η_max of {schedule_multiplier=}: pass "
     "schedule_peak=, or mark the schedule with odx.with_peak(schedule, peak) "
