@@ -29,6 +29,17 @@ const``; for SGDW, ``‖g‖ ∝ 1/r`` and ``r⁴`` relaxes as ``dr⁴/dt = -4η
 const``. In both cases the angular update is ``ω* / sqrt(1 + δ_0 e^{-t/τ})``
 with ``τ = 1/(2ηλ)`` (AdamW) or ``1/(4ηλ)`` (SGDW) and ``δ_0`` the initial
 relative excess of ``r²`` (AdamW) or ``r⁴`` (SGDW) over its equilibrium.
+
+**Measured** (``tests/test_diagnostics.py``: an MLP whose first kernel is
+followed by a layer normalization, a noisy teacher task, fresh batches):
+measured / predicted angular update 0.98 to 1.03 for AdamW at ``α = 1e-3``
+and 1.00 to 1.03 for SGDW for ``λ`` from 1e-4 to 1e-1; at ``α = 1e-2`` AdamW
+runs 1.02 to 1.19 above the prediction, the most at the smallest ``λ``
+(successive gradients are then no longer uncorrelated). From a kernel 20
+times too large the fitted relaxation time is within 20 % of ``τ``; from
+one far too *small*, the first steps are not small and the approach is
+slower (AdamW: Adam's ``v`` remembers the early, large gradients for about
+``1/(1-β_2)`` steps).
 """
 
 from __future__ import annotations
@@ -81,7 +92,7 @@ def angular_update(params: Any, new_params: Any) -> Any:
 
   def leaf(p, q):
     p, q = jnp.asarray(p), jnp.asarray(q)
-    dtype = jnp.promote_types(p.dtype, jnp.float32)
+    dtype = jnp.float64 if p.dtype == jnp.float64 else jnp.float32
     p, q = p.astype(dtype), q.astype(dtype)
     step = jnp.sqrt(jnp.sum(jnp.square(q - p)))
     norm = jnp.sqrt(jnp.sum(jnp.square(p)))
