@@ -265,3 +265,13 @@ def test_corrected_under_inject_hyperparams_needs_a_stated_peak():
   u1, _ = jax.jit(tx.update)(g, tx.init(p), p)
   u2, _ = direct.update(g, direct.init(p), p)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
+
+
+def test_with_peak_bad_input():
+  """with_peak needs a schedule (TypeError) and a peak > 0 (ValueError)."""
+  with pytest.raises(TypeError, match="schedule=0.5"):
+    odx.with_peak(0.5, 1.0)
+  for peak in (0.0, -1.0, float("nan"), "1"):
+    with pytest.raises(ValueError) as info:
+      odx.with_peak(lambda c: 1.0, peak)
+    assert f"peak={peak!r}" in str(info.value), str(info.value)
