@@ -14,6 +14,21 @@ from optax_decoupled._alias import sgd_l2 as sgd_l2
 from optax_decoupled._alias import sgdw as sgdw
 from optax_decoupled._alias import sgdwr as sgdwr
 from optax_decoupled._checkpoint import check_restore_target as check_restore_target
+from optax_decoupled._conventions import (
+  weight_decay_from_timescale as weight_decay_from_timescale,
+)
+from optax_decoupled._conventions import (
+  weight_decay_from_torch as weight_decay_from_torch,
+)
+from optax_decoupled._conventions import (
+  weight_decay_to_torch as weight_decay_to_torch,
+)
+from optax_decoupled._decay_variants import with_peak as with_peak
+from optax_decoupled._diagnostics import angular_update as angular_update
+from optax_decoupled._diagnostics import (
+  equilibrium_angular_update as equilibrium_angular_update,
+)
+from optax_decoupled._diagnostics import equilibrium_steps as equilibrium_steps
 from optax_decoupled._flatten import (
   FlattenSmallLeavesState as FlattenSmallLeavesState,
 )
@@ -55,9 +70,12 @@ __all__ = (
   "add_decoupled_weight_decay",
   "add_l2",
   "all_of",
+  "angular_update",
   "check_restore_target",
   "cosine_warm_restarts",
   "describe_mask",
+  "equilibrium_angular_update",
+  "equilibrium_steps",
   "flatten_small_leaves",
   "mask_by_ndim",
   "mask_by_path",
@@ -68,5 +86,9 @@ __all__ = (
   "sgdw",
   "sgdwr",
   "trace",
+  "weight_decay_from_timescale",
+  "weight_decay_from_torch",
+  "weight_decay_to_torch",
   "with_decoupled_weight_decay",
+  "with_peak",
 )

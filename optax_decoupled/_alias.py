@@ -54,6 +54,9 @@ def adamw(
   *,
   nesterov: bool = False,
   nu_dtype: Any = None,
+  cautious: bool = False,
+  corrected: bool = False,
+  schedule_peak: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW exactly as in the paper (Algorithm 2, decoupled weight decay).
 
@@ -95,7 +98,7 @@ def adamw(
       ``v`` is rounded away: with ``b2 = 0.999``, ``v`` no longer decays
       when ``g²`` falls below it (``tests/test_fast_paths.py`` measures the
       cost).
-
+{variants_doc}
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
@@ -116,7 +119,14 @@ def adamw(
   return optax.chain(
     scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
     _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
-    add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
+    add_decoupled_weight_decay(
+      weight_decay,
+      schedule_multiplier,
+      mask,
+      cautious=cautious,
+      corrected=corrected,
+      schedule_peak=schedule_peak,
+    ),
   )
 
 
@@ -169,6 +179,9 @@ def sgdw(
   mask: Mask | None = None,
   *,
   nesterov: bool = False,
+  cautious: bool = False,
+  corrected: bool = False,
+  schedule_peak: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (Algorithm 1, "SGDW").
 
@@ -190,7 +203,7 @@ def sgdw(
     schedule_multiplier: ``η_t``; None means 1.
     mask: leaves to decay; None decays all.
     nesterov: use Nesterov momentum.
-
+{variants_doc}
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
@@ -206,7 +219,14 @@ def sgdw(
     _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
     _momentum(momentum, nesterov),
     optax.scale(-1.0),
-    add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask),
+    add_decoupled_weight_decay(
+      weight_decay,
+      schedule_multiplier,
+      mask,
+      cautious=cautious,
+      corrected=corrected,
+      schedule_peak=schedule_peak,
+    ),
   )
 
 
@@ -282,6 +302,8 @@ _RESTART_DOC = """
   restart. With ``normalize_weight_decay=True``, ``weight_decay`` is
   ``λ_norm`` and the decay in cycle ``i`` is ``λ_norm / sqrt(T_i)`` with
   ``T_i`` the cycle's length in steps (:func:`restart_normalized_weight_decay`).
+  ``cautious=True`` and ``corrected=True`` are as in :func:`{base}`; the
+  corrected decay's ``η_max`` is ``max_value``.
 
   Under ``optax.inject_hyperparams``, pass
   ``static_args=("first_cycle_steps", "cycle_mult", "warmup_steps")`` to keep
@@ -308,6 +330,8 @@ def adamwr(
   nesterov: bool = False,
   normalize_weight_decay: bool = False,
   nu_dtype: Any = None,
+  cautious: bool = False,
+  corrected: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamWR: :func:`adamw` with SGDR's cosine warm restarts as ``η_t``.
   {restart_doc}
@@ -343,6 +367,8 @@ def adamwr(
     mu_dtype,
     nesterov=nesterov,
     nu_dtype=nu_dtype,
+    cautious=cautious,
+    corrected=corrected,
   )
 
 
@@ -360,6 +386,8 @@ def sgdwr(
   *,
   nesterov: bool = False,
   normalize_weight_decay: bool = False,
+  cautious: bool = False,
+  corrected: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """SGDWR: :func:`sgdw` with SGDR's cosine warm restarts as ``η_t``.
   {restart_doc}
@@ -381,9 +409,33 @@ def sgdwr(
     weight_decay,
     normalize_weight_decay,
   )
-  return sgdw(learning_rate, momentum, weight_decay, eta, mask, nesterov=nesterov)
+  return sgdw(
+    learning_rate,
+    momentum,
+    weight_decay,
+    eta,
+    mask,
+    nesterov=nesterov,
+    cautious=cautious,
+    corrected=corrected,
+  )
 
 
+_VARIANTS_DOC = """    cautious: decay entry ``i`` only where the {step} step ``u`` (the
+      update before the decay, ``θ`` moving by ``u``) has ``u_i θ_i <= 0``:
+      Chen et al.'s cautious decay, ``-η_t λ 1[u θ <= 0] θ``.
+    corrected: scale the decay by ``η_t / η_max`` (Defazio's "AdamC"): the
+      per-step decay is ``λ η_t² / η_max`` instead of ``η_t λ``.
+    schedule_peak: ``η_max`` for ``corrected=True`` (> 0); needed only when
+      ``schedule_multiplier`` is a schedule that does not carry its peak
+      (:func:`cosine_warm_restarts` and :func:`with_peak` do).
+"""
+adamw.__doc__ = adamw.__doc__.replace(
+  "{variants_doc}", _VARIANTS_DOC.format(step="Adam")
+)
+sgdw.__doc__ = sgdw.__doc__.replace(
+  "{variants_doc}", _VARIANTS_DOC.format(step="momentum (``-m_t``)")
+)
 adamwr.__doc__ = adamwr.__doc__.replace(
   "{restart_doc}", _RESTART_DOC.format(base="adamw")
 )

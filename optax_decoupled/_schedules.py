@@ -170,7 +170,9 @@ def cosine_warm_restarts(
       first cycle (>= 0).
 
   Returns:
-    An ``optax.Schedule`` mapping an int32 step count to a float32 value.
+    An ``optax.Schedule`` mapping an int32 step count to a float32 value. It
+    carries its peak ``max_value`` as ``schedule_peak``, which
+    ``corrected=True`` decay reads.
 
   Example:
     >>> import optax_decoupled as odx
@@ -201,6 +203,7 @@ def cosine_warm_restarts(
     ramp = hi * count.astype(jnp.float32) / jnp.maximum(warmup, 1).astype(jnp.float32)
     return jnp.where(count < warmup, ramp, cosine)
 
+  schedule.schedule_peak = max_value  # η_max, for corrected decay
   return schedule
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_decoupled import _checks
+from optax_decoupled import _checks, _decay_variants
 from optax_decoupled._masks import Mask, check_mask, resolve_mask
 
 
@@ -29,17 +29,21 @@ def as_schedule(value: Any) -> optax.Schedule:
   return value if callable(value) else (lambda count: value)
 
 
-def _add_scaled_params(updates, params, scale, mask):
+def _add_scaled_params(updates, params, scale, mask, cautious=False):
   """``updates + scale * params`` on the leaves the mask selects.
 
   The product is formed in the parameter's dtype, so bf16 parameters give bf16
   updates. Unselected leaves (a ``False`` mask bit) pass through untouched.
+  ``cautious`` adds the term only where ``updates · params <= 0``.
   """
 
   def leaf(u, p):
     if u is None:
       return None
-    return u + (jnp.asarray(scale, p.dtype) * p).astype(u.dtype)
+    term = (jnp.asarray(scale, p.dtype) * p).astype(u.dtype)
+    if cautious:
+      term = jnp.where(_decay_variants.cautious_gate(u, p), term, jnp.zeros_like(term))
+    return u + term
 
   if mask is None:
     return jax.tree.map(leaf, updates, params)
@@ -110,6 +114,10 @@ def add_decoupled_weight_decay(
   weight_decay: optax.ScalarOrSchedule,
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
+  *,
+  cautious: bool = False,
+  corrected: bool = False,
+  schedule_peak: Any = None,
 ):
   r"""Adds the paper's decoupled decay ``-η_t λ_t θ_{t-1}`` to the update.
 
@@ -131,9 +139,30 @@ def add_decoupled_weight_decay(
       ``η_t = 1``.
     mask: which leaves are decayed: a pytree of bools or a callable from
       params to one. None decays every leaf.
+    cautious: decay entry ``i`` only where ``u_i θ_i <= 0``, ``u`` the
+      incoming update (the step already moves ``θ_i`` toward zero, or is
+      zero): Chen et al.'s cautious weight decay, ``-η_t λ_t 1[u θ <= 0] θ``.
+    corrected: multiply the decay by ``η_t / η_max`` (Defazio's corrected
+      decay, "AdamC"): the per-step decay becomes ``λ_t η_t² / η_max``.
+    schedule_peak: ``η_max`` for ``corrected=True`` (> 0). Not needed when
+      ``schedule_multiplier`` is None (``η_max = 1``), a number, or a
+      schedule that carries its peak (:func:`cosine_warm_restarts`,
+      :func:`with_peak`); for any other schedule it is required.
+
+  Cautious decay in optax is ``optax.contrib.add_cautious_weight_decay(wd)``,
+  placed *before* the learning rate, with the sign test on the descent
+  direction (``sign(d) sign(θ) >= 0``, the update being ``-lr d``, the same
+  entries as ``u θ <= 0`` here). With a constant rate ``α`` and ``lr_t = α
+  η_t``, optax's ``wd`` is this ``λ = α wd``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
+    Its state is the same whatever ``cautious`` and ``corrected`` are.
+
+  Raises:
+    TypeError: ``cautious`` or ``corrected`` is not a bool.
+    ValueError: ``corrected=True`` and the peak of ``schedule_multiplier`` is
+      unknown.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_decoupled as odx
@@ -143,11 +172,28 @@ def add_decoupled_weight_decay(
     >>> updates, _ = tx.update(grads, tx.init(params), params)
     >>> updates["w"]
     Array([-0.01,  0.02], dtype=float32)
+    >>> # Cautious: a gradient pushing w[0] away from zero spares it the decay.
+    >>> tx = optax.chain(optax.sgd(0.1),
+    ...                  odx.add_decoupled_weight_decay(0.01, cautious=True))
+    >>> updates, _ = tx.update({"w": jnp.array([-1.0, -1.0])}, tx.init(params),
+    ...                        params)
+    >>> updates["w"]  # 0.1 alone on w[0]; 0.1 + 0.02 on w[1]
+    Array([0.1 , 0.12], dtype=float32)
+
+  References:
+    Chen et al., `Cautious Weight Decay <https://arxiv.org/abs/2510.12402>`_,
+    2025. Defazio, `Why Gradients Rapidly Increase Near the End of Training
+    <https://arxiv.org/abs/2506.02285>`_, 2025.
   """
   _checks.check_non_negative("weight_decay", weight_decay)
   if schedule_multiplier is not None:
     _checks.check_non_negative("schedule_multiplier", schedule_multiplier)
   check_mask("mask", mask)
+  _decay_variants.check_flag("cautious", cautious)
+  _decay_variants.check_flag("corrected", corrected)
+  peak = _decay_variants.schedule_peak_of(
+    schedule_multiplier, schedule_peak, corrected=corrected
+  )
   decay = as_schedule(weight_decay)
   eta = as_schedule(1.0 if schedule_multiplier is None else schedule_multiplier)
 
@@ -157,10 +203,13 @@ def add_decoupled_weight_decay(
 
   def update_fn(updates, state, params=None):
     _require_params(params, "add_decoupled_weight_decay")
-    scale = -jnp.asarray(eta(state.count), jnp.float32) * jnp.asarray(
-      decay(state.count), jnp.float32
+    eta_t = jnp.asarray(eta(state.count), jnp.float32)
+    scale = -eta_t * jnp.asarray(decay(state.count), jnp.float32)
+    if corrected:
+      scale = scale * _decay_variants.correction(eta_t, peak)
+    updates = _add_scaled_params(
+      updates, params, scale, resolve_mask(mask, params), cautious
     )
-    updates = _add_scaled_params(updates, params, scale, resolve_mask(mask, params))
     return updates, DecoupledWeightDecayState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -171,6 +220,10 @@ def with_decoupled_weight_decay(
   weight_decay: optax.ScalarOrSchedule,
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
+  *,
+  cautious: bool = False,
+  corrected: bool = False,
+  schedule_peak: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Makes any optax optimizer decoupled: ``tx`` then ``-η_t λ_t θ_{t-1}``.
 
@@ -185,6 +238,9 @@ def with_decoupled_weight_decay(
     weight_decay: ``λ`` (>= 0) or a schedule of it.
     schedule_multiplier: ``η_t``; None means 1.
     mask: which leaves are decayed; None decays all.
+    cautious: cautious decay (see :func:`add_decoupled_weight_decay`).
+    corrected: corrected decay (see :func:`add_decoupled_weight_decay`).
+    schedule_peak: ``η_max`` for ``corrected=True``, where not known.
 
   Returns:
     ``optax.chain(tx, add_decoupled_weight_decay(...))``.
@@ -199,5 +255,13 @@ def with_decoupled_weight_decay(
     Array([-0.0011, -0.0011, -0.0011], dtype=float32)
   """
   return optax.chain(
-    tx, add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask)
+    tx,
+    add_decoupled_weight_decay(
+      weight_decay,
+      schedule_multiplier,
+      mask,
+      cautious=cautious,
+      corrected=corrected,
+      schedule_peak=schedule_peak,
+    ),
   )

@@ -39,6 +39,21 @@ def _as_fn(x):
   return x if callable(x) else (lambda t: x)
 
 
+def _variant(lam, step, theta, eta, cautious, peak):
+  """Per-entry decay coefficient of the cautious and corrected variants.
+
+  ``step`` is how the optimizer moves ``θ`` before the decay. Cautious: the
+  coefficient is kept where ``step · θ <= 0`` (the step moves ``θ`` toward
+  zero, or not at all) and zeroed elsewhere. Corrected: times ``η_t / η_max``.
+  """
+  lam = lam * np.ones_like(theta)
+  if cautious:
+    lam = np.where(step * theta <= 0, lam, 0.0)
+  if peak is not None:
+    lam = lam * eta / peak
+  return lam
+
+
 def adam(
   params,
   grads,
@@ -52,8 +67,15 @@ def adam(
   decoupled=True,
   nesterov=False,
   mask=None,
+  cautious=False,
+  peak=None,
 ):
   """Algorithm 2: Adam with L2 (``decoupled=False``) or AdamW.
+
+  Decoupled variants: ``cautious`` decays entry ``i`` only where the Adam step
+  ``s_i = -η_t α m̂_i / (sqrt(v̂_i) + ε)`` has ``s_i θ_i <= 0`` (Chen et al.
+  2025); ``peak`` (η_max) makes the decay corrected, ``λ_t η_t / η_max``
+  (Defazio 2025), so that ``θ`` loses ``η_t² λ_t / η_max`` of itself.
 
   With ``nesterov`` the first moment is NAdam's (Dozat 2016, as optax documents
   it): ``m̂_t = β1 m_t / (1-β1^(t+1)) + (1-β1) g_t / (1-β1^t)``.
@@ -85,6 +107,7 @@ def adam(
       v_hat = v[k] / (1 - b2**t)
       step = alpha(s) * m_hat / (np.sqrt(v_hat) + eps)
       if decoupled:
+        decay = _variant(decay, -eta(s) * step, theta[k], eta(s), cautious, peak)
         step = step + decay * theta[k]
       new[k] = theta[k] - eta(s) * step
     theta = new
@@ -103,11 +126,14 @@ def sgd(
   decoupled=True,
   nesterov=False,
   mask=None,
+  cautious=False,
+  peak=None,
 ):
   """Algorithm 1: SGD with momentum and L2 (``decoupled=False``) or SGDW.
 
   ``η_t α`` sits inside the momentum buffer, as in the paper. With
   ``nesterov`` the step is ``β m_t + η_t α g_t``. ``grads`` as in :func:`adam`.
+  ``cautious`` and ``peak`` as in :func:`adam`, the step being ``-m_t``.
   """
   alpha, lam, eta = _as_fn(alpha), _as_fn(lam), _as_fn(eta)
   theta = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -126,6 +152,7 @@ def sgd(
       step = momentum * m[k] + eta(s) * alpha(s) * g if nesterov else m[k]
       new[k] = theta[k] - step
       if decoupled:
+        decay = _variant(decay, -step, theta[k], eta(s), cautious, peak)
         new[k] = new[k] - eta(s) * decay * theta[k]
     theta = new
     history.append(dict(theta))

@@ -45,6 +45,20 @@ CASES = [
   Case("adamwr", odx.adamwr, 0.05, RESTARTS, RESTART_STATIC),
   Case("sgdwr", odx.sgdwr, 0.02, RESTARTS, RESTART_STATIC),
   Case("lion_w", lion_w, 0.02),
+  # Cautious and corrected decay (the state is the same as without them).
+  Case("adamw_cautious", odx.adamw, 0.05, {"cautious": True}),
+  Case("sgdw_cautious", odx.sgdw, 0.02, {"cautious": True}),
+  Case("adamw_corrected", odx.adamw, 0.05, {"corrected": True, "schedule_peak": 2.0}),
+  Case(
+    "adamwr_corrected", odx.adamwr, 0.05, RESTARTS | {"corrected": True}, RESTART_STATIC
+  ),
+  Case(
+    "sgdwr_cautious_corrected",
+    odx.sgdwr,
+    0.02,
+    RESTARTS | {"max_value": 2.0, "cautious": True, "corrected": True},
+    RESTART_STATIC,
+  ),
 ]
 IDS = [c.name for c in CASES]
 each_case = pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -37,6 +37,15 @@ OPTIMIZERS = {
   "sgdwr": lambda: odx.sgdwr(
     0.1, first_cycle_steps=3, weight_decay=1e-2, mask=odx.mask_by_ndim()
   ),
+  "adamwr_cautious_corrected": lambda: odx.adamwr(
+    1e-2,
+    first_cycle_steps=3,
+    max_value=2.0,
+    weight_decay=1e-1,
+    mask=odx.mask_by_ndim(),
+    cautious=True,
+    corrected=True,
+  ),
 }
 
 
