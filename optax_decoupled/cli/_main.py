@@ -222,9 +222,6 @@ def _parser():
   _add_model_arguments(p, hidden=64, batch_size=64, steps=1000)
   _add_data_arguments(p)
 
-  defaults = ", ".join(
-    f"{name}: {lo:g},{hi:g}" for name, (lo, hi) in _WD_RANGES.items()
-  )
   p = sub.add_parser(
     "sweep",
     help="test error over a learning-rate x weight-decay grid",
@@ -258,7 +255,7 @@ def _parser():
   p.add_argument(
     "--wd-range",
     type=_range,
-    help=f"LO,HI for every optimizer (default per optimizer: {defaults}); "
+    help=f"LO,HI for every optimizer (default {_WD_RANGE[0]:g},{_WD_RANGE[1]:g}); "
     "the decoupled λ is not multiplied by α, unlike the L2 coefficient",
   )
   p.add_argument(
@@ -310,12 +307,7 @@ def _parser():
 #: every α row's best λ lies inside for both conventions (Adam+L2's optimum
 #: reaches λ ≈ 0.3 at small α; AdamW's sits near 3e-3 for every α).
 _LR_RANGES = {"adam": (1e-4, 1e-1), "sgd": (1e-3, 1.0)}
-_WD_RANGES = {
-  "adam_l2": (1e-5, 1.0),
-  "adamw": (1e-5, 1.0),
-  "sgd_l2": (1e-5, 1.0),
-  "sgdw": (1e-5, 1.0),
-}
+_WD_RANGE = (1e-5, 1.0)
 #: α of the budget study: inside AdamW's good rows of the default grid.
 _BUDGET_LR = 1e-2
 _TEST_FRACTION = 0.25
@@ -408,6 +400,16 @@ def _train_command(args):
     for key in ("angular_update", "equilibrium_angular_update"):
       if key in curves:
         metrics[f"{key}_middle_mean"] = float(np.mean(curves[key][window]))
+    # Gradient norm of the hidden kernels in the last tenth of the run over
+    # its middle half: above 1 when it rises as η_t anneals (AdamC's point).
+    end = curves["grad_norm"][-max(1, args.steps // 10) :]
+    metrics["grad_norm_end_over_middle"] = float(
+      np.mean(end) / np.mean(curves["grad_norm"][window])
+    )
+    np.savez(
+      os.path.join(tmp, "curves.npz"),
+      **{k: v for k, v in curves.items() if isinstance(v, np.ndarray)},
+    )
     if normalized and not restarts:
       metrics["weight_decay_from_normalized"] = float(recipe.lam())
     _outputs.write_json(os.path.join(tmp, "metrics.json"), metrics)
@@ -449,7 +451,7 @@ def _sweep_command(args):
     study = _studies.budgets(
       args.budgets,
       args.budget_lr,
-      _sweep.log_grid(*(args.wd_range or _WD_RANGES["adamw"]), n_wd),
+      _sweep.log_grid(*(args.wd_range or _WD_RANGE), n_wd),
       data,
       arch,
       seeds=seeds,
@@ -463,7 +465,7 @@ def _sweep_command(args):
           *(args.lr_range or _LR_RANGES["adam" if name.startswith("adam") else "sgd"]),
           n_lr,
         ),
-        _sweep.log_grid(*(args.wd_range or _WD_RANGES[name]), n_wd),
+        _sweep.log_grid(*(args.wd_range or _WD_RANGE), n_wd),
       )
       for name in names
     }

@@ -113,11 +113,9 @@ def hidden_kernels(params) -> list[jax.Array]:
 
 
 def kernel_angular_update(params, new_params) -> jax.Array:
-  """``‖Δθ‖/‖θ‖`` of each hidden kernel, averaged over the kernels."""
-  pairs = zip(hidden_kernels(params), hidden_kernels(new_params), strict=True)
-  return jnp.mean(
-    jnp.stack([jnp.linalg.norm(b - a) / jnp.linalg.norm(a) for a, b in pairs])
-  )
+  """``odx.angular_update`` (``‖Δθ‖/‖θ‖``) of the hidden kernels, averaged."""
+  angles = odx.angular_update(hidden_kernels(params), hidden_kernels(new_params))
+  return jnp.mean(jnp.stack(angles))
 
 
 def cross_entropy(logits, labels):

@@ -15,10 +15,11 @@ def _pyplot():
 
 
 def train_curves(path: str, curves: dict, title: str) -> None:
-  """Loss per step, ``η_t``, the per-step decay, and the angular update."""
+  """Loss per step, ``η_t``, the per-step decay, the angular update and the
+  hidden kernels' gradient norm."""
   plt = _pyplot()
   steps = curves["step"]
-  fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), constrained_layout=True)
+  fig, axes = plt.subplots(1, 5, figsize=(20, 3.4), constrained_layout=True)
   loss = curves["batch_loss"]
   axes[0].plot(steps, loss, lw=0.5, alpha=0.4, label="batch")
   window = max(1, len(loss) // 50)
@@ -42,6 +43,10 @@ def train_curves(path: str, curves: dict, title: str) -> None:
     yscale="log", xlabel="step", title="angular update ‖Δθ‖/‖θ‖ (hidden kernels)"
   )
   axes[3].legend()
+  grad = curves["grad_norm"]
+  axes[4].plot(steps, grad, lw=0.5, alpha=0.4, color="C3")
+  axes[4].plot(steps[window - 1 :], _smooth(grad, window), lw=1.5, color="C3")
+  axes[4].set(yscale="log", xlabel="step", title="gradient norm (hidden kernels)")
   fig.suptitle(title)
   fig.savefig(path, dpi=90)
   plt.close(fig)

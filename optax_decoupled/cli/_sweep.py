@@ -23,7 +23,7 @@ from optax_decoupled.cli import _models, _train
 from optax_decoupled.cli._data import Split
 
 #: The optimizers a sweep accepts (no restarts: one cosine cycle per run).
-SWEEP_OPTIMIZERS = ("adam_l2", "adamw", "sgd_l2", "sgdw")
+SWEEP_OPTIMIZERS = tuple(n for n in _train.OPTIMIZERS if n not in _train.RESTARTS)
 
 
 def log_grid(lo: float, hi: float, n: int) -> np.ndarray:
@@ -51,8 +51,9 @@ def make_run(
   graphdef = arch.graphdef(x.shape[1], data.num_classes)
   # The recipe's numbers are placeholders: inject_hyperparams replaces them.
   recipe = _train.Recipe(optimizer, 0.0, 0.0, steps, batch_size, x.shape[0])
+  base, flags = _train.OPTIMIZER_TABLE[optimizer]
   factory = optax.inject_hyperparams(
-    _train.FACTORIES[optimizer], static_args=("schedule_multiplier", "mask")
+    base, static_args=("schedule_multiplier", "mask", *flags)
   )
 
   def run(learning_rate, weight_decay, params, rest, batches):
@@ -61,6 +62,7 @@ def make_run(
       weight_decay=weight_decay,
       schedule_multiplier=recipe.eta(),
       mask=arch.decay_mask(),
+      **flags,
     )
 
     def step(carry, idx):

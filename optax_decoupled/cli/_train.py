@@ -8,7 +8,9 @@ shared with the vmapped sweep in ``_sweep.py``, which runs them functionally.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,20 +23,25 @@ import optax_decoupled as odx
 from optax_decoupled.cli import _models
 from optax_decoupled.cli._data import Split
 
-#: The optimizers the command line knows, by family.
-ADAM_TYPE = ("adamw", "adam_l2", "adamwr")
-SGD_TYPE = ("sgdw", "sgd_l2", "sgdwr")
-OPTIMIZERS = ("adamw", "adam_l2", "sgdw", "sgd_l2", "adamwr", "sgdwr")
-RESTARTS = ("adamwr", "sgdwr")
-DECOUPLED = ("adamw", "sgdw", "adamwr", "sgdwr")
-FACTORIES = {
-  "adamw": odx.adamw,
-  "adam_l2": odx.adam_l2,
-  "sgdw": odx.sgdw,
-  "sgd_l2": odx.sgd_l2,
-  "adamwr": odx.adamwr,
-  "sgdwr": odx.sgdwr,
+#: The optimizers the command line knows: library factory and its flags.
+#: ``*_cautious`` decays only where the step already moves a weight toward
+#: zero; ``*_corrected`` scales λ by ``η_t / η_max`` (decay ``λ η_t² / η_max``).
+OPTIMIZER_TABLE: dict[str, tuple[Callable[..., Any], dict[str, bool]]] = {
+  "adamw": (odx.adamw, {}),
+  "adam_l2": (odx.adam_l2, {}),
+  "sgdw": (odx.sgdw, {}),
+  "sgd_l2": (odx.sgd_l2, {}),
+  "adamwr": (odx.adamwr, {}),
+  "sgdwr": (odx.sgdwr, {}),
+  "adamw_cautious": (odx.adamw, {"cautious": True}),
+  "adamw_corrected": (odx.adamw, {"corrected": True}),
+  "sgdw_cautious": (odx.sgdw, {"cautious": True}),
+  "sgdw_corrected": (odx.sgdw, {"corrected": True}),
 }
+OPTIMIZERS = tuple(OPTIMIZER_TABLE)
+ADAM_TYPE = tuple(n for n in OPTIMIZERS if n.startswith("adam"))
+RESTARTS = ("adamwr", "sgdwr")
+DECOUPLED = tuple(n for n in OPTIMIZERS if not n.endswith("_l2"))
 
 
 def batch_indices(key, step, num_examples: int, batch_size: int):
@@ -99,7 +106,8 @@ class Recipe:
     )
 
   def tx(self) -> optax.GradientTransformation:
-    factory = FACTORIES[self.optimizer]
+    factory, flags = OPTIMIZER_TABLE[self.optimizer]
+    factory = functools.partial(factory, **flags)
     if self.restarts:
       return factory(
         self.learning_rate,
@@ -117,9 +125,13 @@ class Recipe:
     )
 
   def lam_values(self, steps: np.ndarray) -> np.ndarray:
-    """``λ_t`` at ``steps``."""
+    """``λ_t`` at ``steps``, times ``η_t / η_max`` for a corrected decay."""
     lam = self.lam()
-    return schedule_values(lam, steps) if callable(lam) else np.full(len(steps), lam)
+    lam_t = schedule_values(lam, steps) if callable(lam) else np.full(len(steps), lam)
+    if OPTIMIZER_TABLE[self.optimizer][1].get("corrected"):
+      eta = self.eta()
+      lam_t = lam_t * schedule_values(eta, steps) / eta.schedule_peak  # type: ignore[attr-defined]
+    return lam_t
 
   def effective_decay(self, steps: np.ndarray) -> np.ndarray:
     """Per-step decay: ``η_t λ_t`` (decoupled) or ``η_t α λ`` (L2, nominal)."""
@@ -139,9 +151,15 @@ B1 = 0.9
 
 
 def equilibrium_angular_update(weight_decay, eta):
-  """``sqrt(2 λ_t η_t (1-β1)/(1+β1))``: the angular update per step of
-  scale-invariant weights at rotational equilibrium (AdamW and SGDW alike)."""
-  return np.sqrt(2 * np.asarray(weight_decay) * np.asarray(eta) * (1 - B1) / (1 + B1))
+  """``odx.equilibrium_angular_update`` at every step: ``sqrt(2 λ_t η_t
+  (1-β1)/(1+β1))``, the same form for AdamW and SGDW."""
+  return np.asarray(
+    odx.equilibrium_angular_update(
+      np.asarray(weight_decay, np.float64),
+      b1=B1,
+      schedule_multiplier=np.asarray(eta, np.float64),
+    )
+  )
 
 
 def schedule_values(schedule, steps: np.ndarray) -> np.ndarray:
@@ -159,7 +177,7 @@ def train(
   """Trains the MLP; returns metrics and per-step curves (numpy).
 
   Besides the batch loss, every step records the angular update of the hidden
-  kernels (``‖Δθ‖/‖θ‖``, averaged over the kernels).
+  kernels (``‖Δθ‖/‖θ‖``, averaged over the kernels) and their gradient's norm.
   """
   from tqdm.auto import tqdm
 
@@ -181,11 +199,12 @@ def train(
       lambda model: _models.cross_entropy(model(x[idx]), y[idx])
     )(model)
     optimizer.update(model, grads)
-    angle = _models.kernel_angular_update(before, nnx.state(model, nnx.Param))
-    curves = {
-      "loss": curves["loss"].at[t].set(loss),
-      "angle": curves["angle"].at[t].set(angle),
+    values = {
+      "loss": loss,
+      "angle": _models.kernel_angular_update(before, nnx.state(model, nnx.Param)),
+      "grad_norm": optax.global_norm(_models.hidden_kernels(grads)),
     }
+    curves = {k: curves[k].at[t].set(v) for k, v in values.items()}
     return nnx.state((model, optimizer)), curves
 
   @jax.jit
@@ -195,7 +214,9 @@ def train(
 
   steps = np.arange(recipe.steps)
   eta = schedule_values(recipe.eta(), steps)
-  curves = {k: jnp.zeros([recipe.steps], jnp.float32) for k in ("loss", "angle")}
+  curves = {
+    k: jnp.zeros([recipe.steps], jnp.float32) for k in ("loss", "angle", "grad_norm")
+  }
   chunk = max(1, recipe.steps // 50)
   with tqdm(total=recipe.steps, disable=not progress, desc=recipe.optimizer) as bar:
     for start in range(0, recipe.steps, chunk):
@@ -221,6 +242,7 @@ def train(
       "step": steps,
       "batch_loss": np.asarray(curves["loss"]),
       "angular_update": np.asarray(curves["angle"]),
+      "grad_norm": np.asarray(curves["grad_norm"]),
       "eta": eta,
       "effective_decay": recipe.effective_decay(steps),
       **(
