@@ -65,7 +65,7 @@ def test_train_on_npz_reaches_sane_accuracy_and_writes_outputs(
   argv += ["--normalized-weight-decay", "0.05", "--data", digits_npz]
   assert _cli.main([*argv, "--out", str(out)]) == 0
   assert "test accuracy" in capsys.readouterr().out
-  assert sorted(os.listdir(out)) == ["metrics.json", "train.png"]
+  assert sorted(os.listdir(out)) == ["curves.npz", "metrics.json", "train.png"]
   assert _is_png(out / "train.png")
   metrics = json.loads((out / "metrics.json").read_text())
   for key in ("test_accuracy", "train_loss", "elapsed_seconds", "steps"):
@@ -78,6 +78,53 @@ def test_train_on_npz_reaches_sane_accuracy_and_writes_outputs(
   assert math.isclose(
     metrics["weight_decay_from_normalized"], 0.05 / math.sqrt(150), rel_tol=1e-9
   ), metrics["weight_decay_from_normalized"]
+
+
+def test_train_records_angular_update_and_its_equilibrium_prediction(tmp_path):
+  """adamw_corrected on digits: curves.npz holds every step; the equilibrium
+  curve is sqrt(2 λ_t η_t (1-β1)/(1+β1)) with the corrected λ_t = λ η_t / η_max,
+  η_t the cosine 0.5 (1 + cos(π t / T)), computed here in NumPy."""
+  out = tmp_path / "run"
+  argv = ["train", "--optimizer", "adamw_corrected", "--steps", "40", "--quiet"]
+  argv += ["--dataset", "digits", "--weight-decay", "0.01", "--hidden", "16"]
+  assert _cli.main([*argv, "--out", str(out)]) == 0
+  curves = np.load(out / "curves.npz")
+  t = np.arange(40)
+  eta = 0.5 * (1 + np.cos(np.pi * t / 40))
+  np.testing.assert_allclose(curves["eta"], eta, rtol=1e-5, atol=1e-7)
+  expected = np.sqrt(2 * (0.01 * eta) * eta * 0.1 / 1.9)
+  np.testing.assert_allclose(
+    curves["equilibrium_angular_update"], expected, rtol=1e-5, atol=1e-9
+  )
+  np.testing.assert_allclose(
+    curves["effective_decay"], 0.01 * eta**2, rtol=1e-5, atol=1e-9
+  )
+  assert curves["angular_update"].shape == (40,) and np.all(
+    curves["angular_update"] > 0
+  )
+  assert np.all(curves["grad_norm"] > 0)
+  metrics = json.loads((out / "metrics.json").read_text())
+  window = slice(10, 30)
+  assert metrics["angular_update_middle_mean"] == pytest.approx(
+    curves["angular_update"][window].mean(), rel=1e-6
+  )
+  assert metrics["equilibrium_angular_update_middle_mean"] == pytest.approx(
+    expected[window].mean(), rel=1e-5
+  )
+  ratio = curves["grad_norm"][-4:].mean() / curves["grad_norm"][window].mean()
+  assert metrics["grad_norm_end_over_middle"] == pytest.approx(ratio, rel=1e-5)
+
+
+def test_corrected_decay_example_runs_both_optimizers(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "examples"))
+  try:
+    import corrected_decay
+  finally:
+    sys.path.pop(0)
+  ratios = corrected_decay.run(20, 1e-2, 3e-3, str(tmp_path))
+  assert sorted(ratios) == ["adamw", "adamw_corrected"]
+  assert all(np.isfinite(r) and r > 0 for r in ratios.values()), ratios
+  assert _is_png(corrected_decay.plot(str(tmp_path), 20))
 
 
 def test_sweep_writes_one_row_per_optimizer_lr_wd_and_a_heatmap(sweep_run):

@@ -202,7 +202,9 @@ def train(
     values = {
       "loss": loss,
       "angle": _models.kernel_angular_update(before, nnx.state(model, nnx.Param)),
-      "grad_norm": optax.global_norm(_models.hidden_kernels(grads)),
+      "grad_norm": jnp.linalg.norm(
+        jnp.concatenate([k.ravel() for k in _models.hidden_kernels(grads)])
+      ),
     }
     curves = {k: curves[k].at[t].set(v) for k, v in values.items()}
     return nnx.state((model, optimizer)), curves
