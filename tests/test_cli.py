@@ -193,6 +193,30 @@ def test_vmapped_sweep_cell_equals_a_train_run_alone(sweep_run, optimizer):
   )
 
 
+@pytest.mark.parametrize("optimizer", ["adamw_cautious", "sgdw_corrected"])
+def test_sweep_variant_cell_equals_a_train_run_alone(tmp_path, optimizer):
+  """The variants' flags reach the optimizer in both paths: a 1 x 1 sweep of
+  a cautious / corrected optimizer matches the same run through ``train``
+  (and differs from the plain optimizer's run)."""
+  out = tmp_path / "sweep"
+  argv = ["sweep", "--optimizers", optimizer, "--grid", "1", "--seeds", "1"]
+  argv += ["--lr-range", "0.05,0.05", "--wd-range", "0.3,0.3", "--steps", "30"]
+  argv += ["--dataset", "digits", "--train-size", "300", "--hidden", "16"]
+  assert _cli.main([*argv, "--batch-size", "32", "--out", str(out)]) == 0
+  (row,) = json.loads((out / "sweep.json").read_text())["rows"]
+  x, y = _data.load_digits()
+  data = _data.split(x, y, seed=0, test_fraction=0.25, train_size=300)
+  arch = _models.Architecture("bn", hidden=16, depth=2)
+  losses = {}
+  for name in (optimizer, optimizer.split("_")[0]):
+    recipe = _train.Recipe(name, 0.05, 0.3, 30, 32, 300, mask=arch.decay_mask())
+    run = _train.train(recipe, data, arch=arch, seed=0, progress=False)
+    losses[name] = run["train_loss"]
+  assert math.isclose(losses[optimizer], row["train_loss"], rel_tol=2e-3), (losses, row)
+  plain = losses[optimizer.split("_")[0]]
+  assert not math.isclose(plain, row["train_loss"], rel_tol=1e-2), (losses, row)
+
+
 def test_schedule_prints_restart_steps_and_writes_png(tmp_path, capsys):
   """Cycles 10, 20, 40 after a 5-step warmup restart at 15, 35 and 75."""
   out = tmp_path / "sched"
