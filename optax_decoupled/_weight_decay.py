@@ -1,11 +1,10 @@
 """Weight decay as a gradient term (L2) or as a decoupled shrink of the weights."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_decoupled import _checks
@@ -33,23 +32,30 @@ def _add_scaled_params(updates, params, scale, mask):
   """``updates + scale * params`` on the leaves the mask selects.
 
   The product is formed in the parameter's dtype, so bf16 parameters give bf16
-  updates. Unselected leaves (a ``False`` mask bit) pass through untouched.
+  updates (and complex ones complex: both parts shrink alike). Unselected
+  leaves (a ``False`` mask bit, or ``False`` elements of a bool array) pass
+  through untouched; a ``None`` update (a leaf without a gradient, as optax
+  allows) stays ``None``.
   """
 
-  def leaf(u, p):
+  def leaf(u, p, bit=True):
     if u is None:
       return None
-    return u + (jnp.asarray(scale, p.dtype) * p).astype(u.dtype)
+    u, p = jnp.asarray(u), jnp.asarray(p)
+    if isinstance(bit, bool | np.bool_) and not bit:
+      return u
+    new = u + (jnp.asarray(scale, p.dtype) * p).astype(u.dtype)
+    return new if isinstance(bit, bool | np.bool_) else jnp.where(bit, new, u)
 
+  is_none = lambda x: x is None  # noqa: E731
   if mask is None:
-    return jax.tree.map(leaf, updates, params)
+    return jax.tree.map(leaf, updates, params, is_leaf=is_none)
 
   def masked(bit, u, p):
-    if isinstance(bit, bool) or bit is None:
-      return jax.tree.map(leaf, u, p) if bit else u
-    return jax.tree.map(lambda ui, pi: jnp.where(bit, leaf(ui, pi), ui), u, p)
+    bit = False if bit is None else bit
+    return jax.tree.map(lambda ui, pi: leaf(ui, pi, bit), u, p, is_leaf=is_none)
 
-  return jax.tree.map(masked, mask, updates, params, is_leaf=lambda x: x is None)
+  return jax.tree.map(masked, mask, updates, params, is_leaf=is_none)
 
 
 def _require_params(params, name):
@@ -60,7 +66,9 @@ def _require_params(params, name):
     )
 
 
-def add_l2(weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None):
+def add_l2(
+  weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None
+) -> optax.GradientTransformation:
   r"""Adds the L2 penalty's gradient ``λ_t θ`` to the incoming gradient.
 
   .. math::
@@ -110,7 +118,7 @@ def add_decoupled_weight_decay(
   weight_decay: optax.ScalarOrSchedule,
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
-):
+) -> optax.GradientTransformation:
   r"""Adds the paper's decoupled decay ``-η_t λ_t θ_{t-1}`` to the update.
 
   .. math::
@@ -198,6 +206,7 @@ def with_decoupled_weight_decay(
     >>> updates["w"]  # -1e-4 * sign(g) - 1e-3 * w
     Array([-0.0011, -0.0011, -0.0011], dtype=float32)
   """
+  _checks.check_transformation("tx", tx)
   return optax.chain(
     tx, add_decoupled_weight_decay(weight_decay, schedule_multiplier, mask)
   )
