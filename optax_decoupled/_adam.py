@@ -94,12 +94,18 @@ def scale_by_adam(
       c1 = beta1.astype(dt)
       t = count.astype(rt)
       gd = g.astype(dt)
-      # |g|², real: g * conj(g) for a complex leaf, as optax.
-      sq = jnp.real(gd * jnp.conj(gd)) if complex_leaf else gd * gd
+      # (1 - β) |g|², real: g * conj(g) for a complex leaf, as optax. A real
+      # leaf keeps the grouping ((1 - β) g) g: XLA then merges the loops of
+      # the one-pass form (see _fused), which it does not for (1 - β) (g g).
+      sq = jnp.real(gd * jnp.conj(gd)) if complex_leaf else None
+
+      def scaled_sq(c):
+        return c * sq if complex_leaf else c * gd * gd
+
       fuse = one_pass and g.size >= _fused.ONE_PASS_MIN_SIZE and not complex_leaf
       d1, d2 = _fused.distinct(beta1, beta2) if fuse else (beta1, beta2)
       m_new = (c1 * m.astype(dt) + (1 - c1) * gd).astype(m.dtype)
-      v_new = (beta2 * _real(v, rt) + (1 - beta2) * sq).astype(v.dtype)
+      v_new = (beta2 * _real(v, rt) + scaled_sq(1 - beta2)).astype(v.dtype)
       # The step reads the moments as stored. A moment kept in a narrower
       # dtype (bf16) is read back rounded: recomputing the unrounded value
       # from the old moment, which the new one overwrites in place, would make
@@ -110,7 +116,7 @@ def scale_by_adam(
         m_step = d1 * m + (1 - d1) * gd
       v_step = _real(v_new, rt)
       if fuse and v.dtype == rt:
-        v_step = d2 * v + (1 - d2) * sq
+        v_step = d2 * v + scaled_sq(1 - d2)
       if nesterov:
         m_hat = c1 * m_step / (1 - beta1 ** (t + 1)).astype(dt) + (1 - c1) * gd / (
           1 - beta1**t
