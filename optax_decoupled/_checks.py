@@ -118,16 +118,20 @@ def check_unit_interval(name: str, value: Any) -> None:
   number = check_finite_number(name, value)
   if number is None:
     return
+  hint = ""
+  if number == 1 and getattr(value, "dtype", None) is not None:
+    hint = (
+      " (it rounds to 1.0 in its dtype; under optax.inject_hyperparams on "
+      "low-precision params pass hyperparam_dtype=jnp.float32)"
+    )
   if not 0 <= number < 1:
-    _fail(name, value, "in [0, 1)")
+    _fail(name, value, "in [0, 1)" + hint)
   if np.float32(number) >= 1:
-    hint = ""
-    if getattr(value, "dtype", None) is not None:
-      hint = (
-        "; under optax.inject_hyperparams on low-precision params pass "
-        "hyperparam_dtype=jnp.float32"
-      )
-    _fail(name, value, f"< 1 in its dtype and in float32 (it rounds to 1.0){hint}")
+    _fail(
+      name,
+      value,
+      "< 1 in float32, the dtype the step is computed in (it rounds to 1.0)",
+    )
 
 
 def check_not_greater(name: str, value: Any, other_name: str, other: Any) -> None:

@@ -21,8 +21,6 @@ compilation shows the pass is active. The library never sets the flag: it is
 process-wide, set it in the environment before JAX starts.
 """
 
-from __future__ import annotations
-
 import functools
 
 import jax

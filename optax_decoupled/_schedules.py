@@ -349,6 +349,13 @@ def normalized_weight_decay(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019, Appendix B.1.
   """
+  for name, value in (
+    ("lambda_norm", lambda_norm),
+    ("batch_size", batch_size),
+    ("num_examples", num_examples),
+    ("num_epochs", num_epochs),
+  ):
+    _checks.check_number(name, value)  # a number: a schedule is refused
   _checks.check_non_negative("lambda_norm", lambda_norm)
   _checks.check_positive("batch_size", batch_size)
   _checks.check_positive("num_examples", num_examples)
@@ -390,6 +397,7 @@ def restart_normalized_weight_decay(
     >>> [round(float(lam(t)), 4) for t in (0, 99, 100, 499, 500)]
     [0.005, 0.005, 0.0025, 0.0025, 0.0013]
   """
+  _checks.check_number("lambda_norm", lambda_norm)
   _checks.check_non_negative("lambda_norm", lambda_norm)
   _check_cycles(first_cycle_steps, cycle_mult, warmup_steps)
 

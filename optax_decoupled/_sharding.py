@@ -9,8 +9,6 @@ into the compiled program, and are exactly zero for every input (NaN and inf
 included).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
