@@ -398,3 +398,15 @@ def test_check_restore_target_on_python_scalars_and_garbage():
     odx.check_restore_target({"a": "x"}, {"a": jnp.ones(2)})
   with pytest.raises(TypeError, match="no shape and dtype"):
     odx.check_restore_target(object(), {"a": jnp.ones(2)})
+
+
+def test_check_restore_target_names_a_leaf_only_in_the_checkpoint():
+  """A checkpoint with a leaf the target lacks is refused, naming the leaf."""
+  params = {"w": jnp.zeros(2)}
+  saved = {"w": jnp.zeros(2), "extra": jnp.zeros(3)}
+  with pytest.raises(ValueError, match="extra is in the checkpoint but not"):
+    odx.check_restore_target(saved, params)
+  state = odx.adamw(1e-3).init(params)
+  bigger = odx.adamw(1e-3).init(saved)
+  with pytest.raises(ValueError, match="mu/extra is in the checkpoint but not"):
+    odx.check_restore_target(bigger, state)
