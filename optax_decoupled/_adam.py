@@ -82,7 +82,7 @@ def scale_by_adam(
 
   def update_fn(updates, state, params=None):
     del params
-    count = optax.safe_increment(state.count)
+    count = jnp.asarray(optax.safe_increment(state.count))
     one_pass = _fused.multi_output_fusion()
 
     def leaf(g, m, v):

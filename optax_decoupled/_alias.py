@@ -412,7 +412,9 @@ def sgdwr(
   )
 
 
-adamwr.__doc__ = adamwr.__doc__.replace(
+adamwr.__doc__ = (adamwr.__doc__ or "").replace(
   "{restart_doc}", _RESTART_DOC.format(base="adamw")
 )
-sgdwr.__doc__ = sgdwr.__doc__.replace("{restart_doc}", _RESTART_DOC.format(base="sgdw"))
+sgdwr.__doc__ = (sgdwr.__doc__ or "").replace(
+  "{restart_doc}", _RESTART_DOC.format(base="sgdw")
+)

@@ -4,6 +4,7 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -212,11 +213,11 @@ def flatten_small_leaves(
     treedef = jax.tree.structure(updates)
     leaves = _check_tree("updates", updates, layout)
     param_leaves = None if params is None else _check_tree("params", params, layout)
-    packed_params = None if params is None else _pack(param_leaves, layout)
+    packed_params = None if param_leaves is None else _pack(param_leaves, layout)
     packed, inner = tx.update(
       _pack(leaves, layout), state.inner, packed_params, **extra_args
     )
     out = _unpack(packed, layout, leaves)
     return treedef.unflatten(out), FlattenSmallLeavesState(inner, layout)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

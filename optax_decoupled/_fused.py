@@ -50,7 +50,7 @@ def _probe(backend: str) -> bool:
     )
   except Exception:  # noqa: BLE001 - no probe, no rewrite
     return False
-  return "(f32[4096]{0}, f32[4096]{0}) fusion(" in text
+  return "(f32[4096]{0}, f32[4096]{0}) fusion(" in (text or "")
 
 
 def multi_output_fusion() -> bool:

@@ -12,6 +12,7 @@ included).
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import optax
 

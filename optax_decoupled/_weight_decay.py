@@ -1,6 +1,6 @@
 """Weight decay as a gradient term (L2) or as a decoupled shrink of the weights."""
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -14,18 +14,20 @@ from optax_decoupled._masks import Mask, check_mask, resolve_mask
 class AddL2State(NamedTuple):
   """State of :func:`add_l2`: the step count that drives a ``λ`` schedule."""
 
-  count: jax.Array  # int32 scalar
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride] (int32)
 
 
 class DecoupledWeightDecayState(NamedTuple):
   """State of :func:`add_decoupled_weight_decay`: the step count of ``η_t``, ``λ_t``."""
 
-  count: jax.Array  # int32 scalar
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride] (int32)
 
 
 def as_schedule(value: Any) -> optax.Schedule:
   """A constant or a schedule, as a schedule."""
-  return value if callable(value) else (lambda count: value)
+  if callable(value):
+    return cast(optax.Schedule, value)
+  return lambda count: value
 
 
 def _add_scaled_params(updates, params, scale, mask):
@@ -109,7 +111,7 @@ def add_l2(
     _require_params(params, "add_l2")
     scale = jnp.asarray(decay(state.count), jnp.float32)
     updates = _add_scaled_params(updates, params, scale, resolve_mask(mask, params))
-    return updates, AddL2State(count=optax.safe_increment(state.count))
+    return updates, AddL2State(count=jnp.asarray(optax.safe_increment(state.count)))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -169,7 +171,9 @@ def add_decoupled_weight_decay(
       decay(state.count), jnp.float32
     )
     updates = _add_scaled_params(updates, params, scale, resolve_mask(mask, params))
-    return updates, DecoupledWeightDecayState(count=optax.safe_increment(state.count))
+    return updates, DecoupledWeightDecayState(
+      count=jnp.asarray(optax.safe_increment(state.count))
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
