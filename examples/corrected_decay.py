@@ -50,7 +50,9 @@ def plot(out: str, steps: int) -> str:
     curves = np.load(os.path.join(out, name, "curves.npz"))
     grad = curves["grad_norm"]
     ax.plot(curves["step"], grad, lw=0.4, alpha=0.3, color=color)
-    ax.plot(curves["step"][window - 1 :], _smooth(grad, window), color=color, label=name)
+    ax.plot(
+      curves["step"][window - 1 :], _smooth(grad, window), color=color, label=name
+    )
   ax.set(
     yscale="log",
     xlabel="step (η_t: one cosine from 1 to 0)",

@@ -1,9 +1,6 @@
 """The paper's optimizers: AdamW, SGDW, their warm-restart forms and L2 baselines."""
 
-from __future__ import annotations
-
-from typing import Any
-
+import jax
 import optax
 
 from optax_decoupled import _checks
@@ -38,25 +35,26 @@ def _scale_by_rate(learning_rate, schedule_multiplier, sign: float):
 
 def _momentum(momentum, nesterov):
   _checks.check_unit_interval("momentum", momentum)
+  _checks.check_flag("nesterov", nesterov)
   return trace(momentum, nesterov=nesterov)
 
 
 def adamw(
   learning_rate: optax.ScalarOrSchedule,
-  b1: Any = 0.9,
-  b2: Any = 0.999,
-  eps: Any = 1e-8,
-  eps_root: Any = 0.0,
+  *,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
   weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
-  mu_dtype: Any = None,
-  *,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  nu_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
-  nu_dtype: Any = None,
   cautious: bool = False,
   corrected: bool = False,
-  schedule_peak: Any = None,
+  schedule_peak: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW exactly as in the paper (Algorithm 2, decoupled weight decay).
 
@@ -77,6 +75,11 @@ def adamw(
   weight_decay=wd)`` and ``torch.optim.AdamW(lr=a, weight_decay=wd)``.
   If ``learning_rate`` is a schedule ``α_t``, ``η_t`` still multiplies both
   terms and ``α_t`` only the Adam step.
+
+  Every argument after ``learning_rate`` is keyword-only, in all the ready
+  optimizers: ``optax.adamw`` orders its arguments differently (``mu_dtype``
+  before ``weight_decay``), so ``odx.adamw(a, b1, b2, eps, eps_root, 1e-4)``
+  would silently mean something else than the same call to optax.
 
   Args:
     learning_rate: ``α`` (>= 0) or a schedule of it.
@@ -117,7 +120,15 @@ def adamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   return optax.chain(
-    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
+    scale_by_adam(
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
+      nesterov=nesterov,
+    ),
     _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
     add_decoupled_weight_decay(
       weight_decay,
@@ -132,17 +143,17 @@ def adamw(
 
 def adam_l2(
   learning_rate: optax.ScalarOrSchedule,
-  b1: Any = 0.9,
-  b2: Any = 0.999,
-  eps: Any = 1e-8,
-  eps_root: Any = 0.0,
+  *,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
   weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
-  mu_dtype: Any = None,
-  *,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  nu_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
-  nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with L2 regularization, the paper's baseline (Algorithm 2, "Adam").
 
@@ -166,22 +177,30 @@ def adam_l2(
   """
   return optax.chain(
     add_l2(weight_decay, mask),
-    scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
+    scale_by_adam(
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
+      nesterov=nesterov,
+    ),
     _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
   )
 
 
 def sgdw(
   learning_rate: optax.ScalarOrSchedule,
-  momentum: Any = 0.9,
+  *,
+  momentum: jax.typing.ArrayLike = 0.9,
   weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
-  *,
   nesterov: bool = False,
   cautious: bool = False,
   corrected: bool = False,
-  schedule_peak: Any = None,
+  schedule_peak: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (Algorithm 1, "SGDW").
 
@@ -194,7 +213,8 @@ def sgdw(
   momentum buffer (``optax.sgd`` scales after it, which differs when ``η_t``
   or ``α`` changes). With ``nesterov=True`` the step is
   ``β m_t + η_t α g_t`` instead of ``m_t``. The decay is not multiplied by
-  ``α`` nor carried by the momentum.
+  ``α`` nor carried by the momentum. Arguments after ``learning_rate`` are
+  keyword-only (as in :func:`adamw`).
 
   Args:
     learning_rate: ``α`` (>= 0) or a schedule of it.
@@ -232,11 +252,11 @@ def sgdw(
 
 def sgd_l2(
   learning_rate: optax.ScalarOrSchedule,
-  momentum: Any = 0.9,
+  *,
+  momentum: jax.typing.ArrayLike = 0.9,
   weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
-  *,
   nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and L2 regularization (Algorithm 1, "SGD").
@@ -276,6 +296,7 @@ def _restarts(
   normalize_weight_decay,
 ):
   """``η_t`` of SGDR and the weight decay, normalized per cycle if asked."""
+  _checks.check_flag("normalize_weight_decay", normalize_weight_decay)
   eta = cosine_warm_restarts(
     first_cycle_steps, cycle_mult, min_value, max_value, cycle_decay, warmup_steps
   )
@@ -313,23 +334,23 @@ _RESTART_DOC = """
 
 def adamwr(
   learning_rate: optax.ScalarOrSchedule,
-  first_cycle_steps: Any,
-  cycle_mult: Any = 1,
-  min_value: Any = 0.0,
-  max_value: Any = 1.0,
-  cycle_decay: Any = 1.0,
-  warmup_steps: Any = 0,
-  b1: Any = 0.9,
-  b2: Any = 0.999,
-  eps: Any = 1e-8,
-  eps_root: Any = 0.0,
+  *,
+  first_cycle_steps: jax.typing.ArrayLike,
+  cycle_mult: jax.typing.ArrayLike = 1,
+  min_value: jax.typing.ArrayLike = 0.0,
+  max_value: jax.typing.ArrayLike = 1.0,
+  cycle_decay: jax.typing.ArrayLike = 1.0,
+  warmup_steps: jax.typing.ArrayLike = 0,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
   weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
   mask: Mask | None = None,
-  mu_dtype: Any = None,
-  *,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  nu_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
   normalize_weight_decay: bool = False,
-  nu_dtype: Any = None,
   cautious: bool = False,
   corrected: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -357,16 +378,16 @@ def adamwr(
   )
   return adamw(
     learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    weight_decay,
-    eta,
-    mask,
-    mu_dtype,
-    nesterov=nesterov,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    weight_decay=weight_decay,
+    schedule_multiplier=eta,
+    mask=mask,
+    mu_dtype=mu_dtype,
     nu_dtype=nu_dtype,
+    nesterov=nesterov,
     cautious=cautious,
     corrected=corrected,
   )
@@ -374,16 +395,16 @@ def adamwr(
 
 def sgdwr(
   learning_rate: optax.ScalarOrSchedule,
-  first_cycle_steps: Any,
-  cycle_mult: Any = 1,
-  min_value: Any = 0.0,
-  max_value: Any = 1.0,
-  cycle_decay: Any = 1.0,
-  warmup_steps: Any = 0,
-  momentum: Any = 0.9,
+  *,
+  first_cycle_steps: jax.typing.ArrayLike,
+  cycle_mult: jax.typing.ArrayLike = 1,
+  min_value: jax.typing.ArrayLike = 0.0,
+  max_value: jax.typing.ArrayLike = 1.0,
+  cycle_decay: jax.typing.ArrayLike = 1.0,
+  warmup_steps: jax.typing.ArrayLike = 0,
+  momentum: jax.typing.ArrayLike = 0.9,
   weight_decay: optax.ScalarOrSchedule = DEFAULT_WEIGHT_DECAY,
   mask: Mask | None = None,
-  *,
   nesterov: bool = False,
   normalize_weight_decay: bool = False,
   cautious: bool = False,
@@ -411,10 +432,10 @@ def sgdwr(
   )
   return sgdw(
     learning_rate,
-    momentum,
-    weight_decay,
-    eta,
-    mask,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    schedule_multiplier=eta,
+    mask=mask,
     nesterov=nesterov,
     cautious=cautious,
     corrected=corrected,
@@ -430,13 +451,15 @@ _VARIANTS_DOC = """    cautious: decay entry ``i`` only where the {step} step ``
       ``schedule_multiplier`` is a schedule that does not carry its peak
       (:func:`cosine_warm_restarts` and :func:`with_peak` do).
 """
-adamw.__doc__ = adamw.__doc__.replace(
+adamw.__doc__ = (adamw.__doc__ or "").replace(
   "{variants_doc}", _VARIANTS_DOC.format(step="Adam")
 )
-sgdw.__doc__ = sgdw.__doc__.replace(
+sgdw.__doc__ = (sgdw.__doc__ or "").replace(
   "{variants_doc}", _VARIANTS_DOC.format(step="momentum (``-m_t``)")
 )
-adamwr.__doc__ = adamwr.__doc__.replace(
+adamwr.__doc__ = (adamwr.__doc__ or "").replace(
   "{restart_doc}", _RESTART_DOC.format(base="adamw")
 )
-sgdwr.__doc__ = sgdwr.__doc__.replace("{restart_doc}", _RESTART_DOC.format(base="sgdw"))
+sgdwr.__doc__ = (sgdwr.__doc__ or "").replace(
+  "{restart_doc}", _RESTART_DOC.format(base="sgdw")
+)

@@ -8,23 +8,41 @@ both shapes and dtypes, before anything is read. It needs only ``.shape`` and
 ``.dtype`` on each leaf, so orbax stays an optional dependency.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from optax_decoupled._checks import ArgumentTypeError
 from optax_decoupled._masks import path_to_str
 
 
-def _leaves_by_path(tree: Any) -> dict[str, Any]:
+def _shape_dtype(name: str, path: str, leaf: Any) -> tuple[tuple[int, ...], str]:
+  """A leaf's shape and dtype name; a Python scalar as JAX would store it."""
+  if isinstance(leaf, bool | int | float | complex) and not hasattr(leaf, "dtype"):
+    return (), jnp.asarray(leaf).dtype.name
+  shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+  try:
+    return tuple(int(d) for d in shape), np.dtype(dtype).name  # type: ignore[union-attr]
+  except TypeError:
+    raise ArgumentTypeError(
+      f"{name} leaf {path or '(root)'}={leaf!r} has no shape and dtype: pass "
+      "arrays, jax.ShapeDtypeStruct or orbax metadata"
+    ) from None
+
+
+def _leaves_by_path(name: str, tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {path_to_str(path): leaf for path, leaf in leaves}
+  out = {}
+  for path, leaf in leaves:
+    key = path_to_str(path)
+    out[key] = _shape_dtype(name, key, leaf)
+  return out
 
 
-def _describe(leaf: Any) -> str:
-  return f"shape {tuple(np.shape(leaf))} {np.dtype(leaf.dtype).name}"
+def _describe(shape_dtype: tuple[tuple[int, ...], str]) -> str:
+  return f"shape {shape_dtype[0]} {shape_dtype[1]}"
 
 
 def check_restore_target(saved: Any, target: Any) -> None:
@@ -48,6 +66,8 @@ def check_restore_target(saved: Any, target: Any) -> None:
     target: the tree to restore into (arrays or ``jax.ShapeDtypeStruct``).
 
   Raises:
+    TypeError: a leaf that has neither ``shape`` and ``dtype`` nor is a
+      Python scalar (a Python scalar counts as shape ``()`` in JAX's dtype).
     ValueError: naming the first leaf, in ``target``'s order, that is missing
       from either tree or differs in shape or dtype.
 
@@ -61,14 +81,12 @@ def check_restore_target(saved: Any, target: Any) -> None:
     ...
     ValueError: the checkpoint does not match the restore target: 1/trace/w is in the target (shape (2, 3) float32) but not in the checkpoint ...
   """
-  have, want = _leaves_by_path(saved), _leaves_by_path(target)
+  have, want = _leaves_by_path("saved", saved), _leaves_by_path("target", target)
   problem = None
   for path, leaf in want.items():
     if path not in have:
       problem = f"{path} is in the target ({_describe(leaf)}) but not in the checkpoint"
-    elif tuple(np.shape(have[path])) != tuple(np.shape(leaf)) or np.dtype(
-      have[path].dtype
-    ) != np.dtype(leaf.dtype):
+    elif have[path] != leaf:
       problem = (
         f"{path} is saved with {_describe(have[path])}, "
         f"the target has {_describe(leaf)}"

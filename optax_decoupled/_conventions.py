@@ -11,11 +11,10 @@ decoupled decay forgets at rate ``η_t λ`` per step: its timescale is
 training examples and batches of ``b``.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
+import jax.core
 import numpy as np
 
 

@@ -8,8 +8,6 @@ schedule, :func:`cosine_warm_restarts` attaches its ``max_value``, and
 :func:`schedule_peak_of` finds it when an optimizer is built.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax

@@ -42,11 +42,10 @@ slower (AdamW: Adam's ``v`` remembers the early, large gradients for about
 ``1/(1-β_2)`` steps).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 

@@ -1,11 +1,10 @@
 """Many small leaves as one flat buffer: fewer, bigger loops per step."""
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -20,12 +19,16 @@ class FlatLayout:
 
   ``groups[k]`` lists the leaf indices, in order, concatenated into flat buffer
   ``k`` (all of dtype ``dtypes[k]``); ``rest`` the indices passed through.
+  ``treedef`` and ``shapes`` are the parameters' at ``init``: a tree that
+  differs later (renamed keys, new shapes) is refused.
   """
 
   num_leaves: int
   dtypes: tuple[str, ...]
   groups: tuple[tuple[int, ...], ...]
   rest: tuple[int, ...]
+  treedef: Any = None
+  shapes: tuple[tuple[int, ...], ...] = ()
 
 
 class FlattenSmallLeavesState(NamedTuple):
@@ -49,7 +52,12 @@ def _spans_devices(x: Any) -> bool:
   return sharding is not None and len(sharding.device_set) > 1
 
 
-def _layout(leaves: list[Any], max_leaf_size: int) -> FlatLayout:
+def _as_array(x: Any) -> Any:
+  """A leaf with ``shape`` and ``dtype`` (a Python scalar becomes an array)."""
+  return x if hasattr(x, "shape") and hasattr(x, "dtype") else jnp.asarray(x)
+
+
+def _layout(leaves: list[Any], max_leaf_size: int, treedef: Any) -> FlatLayout:
   by_dtype: dict[str, list[int]] = {}
   rest = []
   for i, x in enumerate(leaves):
@@ -62,15 +70,47 @@ def _layout(leaves: list[Any], max_leaf_size: int) -> FlatLayout:
     dtypes=tuple(by_dtype),
     groups=tuple(tuple(g) for g in by_dtype.values()),
     rest=tuple(rest),
+    treedef=treedef,
+    shapes=tuple(tuple(np.shape(x)) for x in leaves),
   )
 
 
 def _pack(leaves: list[Any], layout: FlatLayout) -> tuple[tuple[Any, ...], tuple]:
+  def flat(dtype, group):
+    if any(isinstance(leaves[i], jax.ShapeDtypeStruct) for i in group):
+      # Abstract parameters (init on shapes): an abstract flat buffer.
+      size = sum(int(np.prod(leaves[i].shape)) for i in group)
+      return jax.ShapeDtypeStruct((size,), jnp.dtype(dtype))
+    return jnp.concatenate([jnp.ravel(leaves[i]).astype(dtype) for i in group])
+
   flats = tuple(
-    jnp.concatenate([jnp.ravel(leaves[i]).astype(dtype) for i in group])
+    flat(dtype, group)
     for dtype, group in zip(layout.dtypes, layout.groups, strict=True)
   )
   return flats, tuple(leaves[i] for i in layout.rest)
+
+
+def _check_tree(name: str, tree: Any, layout: FlatLayout) -> list[Any]:
+  """``tree``'s leaves, if it has the tree and shapes seen at ``init``."""
+  leaves, treedef = jax.tree.flatten(tree)
+  if len(leaves) != layout.num_leaves:
+    raise ValueError(
+      f"{name} has {len(leaves)} leaves but the state was built for "
+      f"{layout.num_leaves}: the tree changed since init"
+    )
+  if layout.treedef is not None and treedef != layout.treedef:
+    raise ValueError(
+      f"{name} is not the tree the state was built for (the tree changed "
+      f"since init): got {treedef}, expected {layout.treedef}"
+    )
+  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for (path, leaf), shape in zip(paths, layout.shapes, strict=True):
+    if tuple(np.shape(leaf)) != shape:
+      raise ValueError(
+        f"{name}{jax.tree_util.keystr(path)} has shape {tuple(np.shape(leaf))} "
+        f"but the state was built for shape {shape}: the tree changed since init"
+      )
+  return [_as_array(x) for x in leaves]
 
 
 def _opaque_offsets(flat: jax.Array, offsets: list[int]) -> tuple[jax.Array, ...]:
@@ -154,6 +194,7 @@ def flatten_small_leaves(
     >>> updates["c"]  # first Adam step: -α sign(g)
     Array([0.1, 0.1, 0.1], dtype=float32)
   """
+  _checks.check_transformation("tx", tx)
   if isinstance(max_leaf_size, bool) or not isinstance(
     max_leaf_size, (int, np.integer)
   ):
@@ -162,25 +203,21 @@ def flatten_small_leaves(
   tx = optax.with_extra_args_support(tx)
 
   def init_fn(params):
-    leaves = jax.tree.leaves(params)
-    layout = _layout(leaves, int(max_leaf_size))
+    leaves, treedef = jax.tree.flatten(params)
+    leaves = [_as_array(x) for x in leaves]
+    layout = _layout(leaves, int(max_leaf_size), treedef)
     return FlattenSmallLeavesState(tx.init(_pack(leaves, layout)), layout)
 
   def update_fn(updates, state, params=None, **extra_args):
     layout = state.layout
-    leaves, treedef = jax.tree.flatten(updates)
-    param_leaves = None if params is None else jax.tree.leaves(params)
-    for name, got in (("updates", leaves), ("params", param_leaves)):
-      if got is not None and len(got) != layout.num_leaves:
-        raise ValueError(
-          f"{name} has {len(got)} leaves but the state was built for "
-          f"{layout.num_leaves}"
-        )
-    packed_params = None if params is None else _pack(param_leaves, layout)
+    treedef = jax.tree.structure(updates)
+    leaves = _check_tree("updates", updates, layout)
+    param_leaves = None if params is None else _check_tree("params", params, layout)
+    packed_params = None if param_leaves is None else _pack(param_leaves, layout)
     packed, inner = tx.update(
       _pack(leaves, layout), state.inner, packed_params, **extra_args
     )
     out = _unpack(packed, layout, leaves)
     return treedef.unflatten(out), FlattenSmallLeavesState(inner, layout)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

@@ -21,8 +21,6 @@ compilation shows the pass is active. The library never sets the flag: it is
 process-wide, set it in the environment before JAX starts.
 """
 
-from __future__ import annotations
-
 import functools
 
 import jax
@@ -52,7 +50,7 @@ def _probe(backend: str) -> bool:
     )
   except Exception:  # noqa: BLE001 - no probe, no rewrite
     return False
-  return "(f32[4096]{0}, f32[4096]{0}) fusion(" in text
+  return "(f32[4096]{0}, f32[4096]{0}) fusion(" in (text or "")
 
 
 def multi_output_fusion() -> bool:

@@ -5,13 +5,12 @@ the parameters (or a prefix of it), or a callable that builds one from the
 parameters. ``True`` means the leaf is decayed.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Mask = Any  # a pytree of bools, or a callable from params to one
@@ -31,21 +30,23 @@ def path_to_str(path: tuple[Any, ...]) -> str:
   return "/".join(parts)
 
 
-def resolve_mask(mask: Mask | None, params: Any) -> Any:
-  """The mask as a pytree of bools (a prefix of ``params``), or None."""
-  if mask is None:
-    return None
-  return mask(params) if callable(mask) else mask
-
-
 def _is_bool_leaf(leaf: Any) -> bool:
-  return isinstance(leaf, bool | np.bool_) or (
-    hasattr(leaf, "dtype") and np.dtype(leaf.dtype) == np.bool_
-  )
+  """A bool, ``np.bool_`` or an array (NumPy, JAX, traced) of dtype bool."""
+  if isinstance(leaf, bool | np.bool_):
+    return True
+  dtype = getattr(leaf, "dtype", None)
+  return dtype is not None and np.dtype(dtype) == np.bool_
+
+
+_RULE = (
+  "must be None, a pytree of bools (Python or NumPy bools, or bool arrays of "
+  "the leaf's shape) matching the params or a prefix of them, or a callable "
+  "from params to one"
+)
 
 
 def check_mask(name: str, mask: Any) -> None:
-  """Checks a ``mask=`` argument: None, a callable or a pytree of bools."""
+  """Checks a ``mask=`` argument when it is given: None, a callable or bools."""
   if mask is None or callable(mask):
     return
   if np.ndim(mask) == 0 and _is_bool_leaf(mask):
@@ -56,12 +57,52 @@ def check_mask(name: str, mask: Any) -> None:
       "the params, not one bool; under optax.inject_hyperparams pass "
       f"static_args=({name!r},) so the mask is not taken for a schedule"
     )
-  leaves = jax.tree.leaves(mask)
-  if not all(_is_bool_leaf(leaf) for leaf in leaves):
+  _check_bits(name, mask)
+
+
+def _check_bits(name: str, mask: Any) -> None:
+  bad = [leaf for leaf in jax.tree.leaves(mask) if not _is_bool_leaf(leaf)]
+  if bad:
+    raise ValueError(f"{name}={mask!r} {_RULE}; it holds {bad[0]!r}")
+
+
+def resolve_mask(mask: Mask | None, params: Any, name: str = "mask") -> Any:
+  """The mask as a pytree of bools (a prefix of ``params``), or None.
+
+  The one rule for masks, applied wherever a mask is used (the optimizers,
+  :func:`all_of`, :func:`describe_mask`): a callable's result is checked like
+  a mask given directly, the tree must be a prefix of ``params``, and a bool
+  array must have shape ``()`` or the shape of every leaf it covers.
+  """
+  if mask is None:
+    return None
+  if callable(mask):
+    bits = mask(params)
+    _check_bits(f"{name}(params)", bits)
+  else:
+    check_mask(name, mask)
+    bits = mask
+
+  def check_leaf(bit, sub):
+    if bit is None or np.ndim(bit) == 0:
+      return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(sub)[0]:
+      if np.shape(bit) != np.shape(leaf):
+        raise ValueError(
+          f"{name} has a bool array of shape {np.shape(bit)} for a parameter "
+          f"of shape {np.shape(leaf)} (at {path_to_str(path) or 'the root'} "
+          "below it): a per-element mask needs the leaf's shape"
+        )
+
+  try:
+    jax.tree.map(check_leaf, bits, params, is_leaf=lambda x: x is None)
+  except ValueError as e:
+    if str(e).startswith(name):
+      raise
     raise ValueError(
-      f"{name}={mask!r} must be None, a callable from params to a pytree of "
-      "bools, or a pytree of bools"
-    )
+      f"{name} does not match the params' tree (a mask must be a prefix of it): {e}"
+    ) from None
+  return bits
 
 
 def mask_by_ndim(min_ndim: int = 2) -> MaskFn:
@@ -141,6 +182,8 @@ def mask_by_path(*patterns: str, decay: bool = False) -> MaskFn:
 def all_of(*masks: Mask) -> MaskFn:
   """Decays a leaf only where every mask decays it (logical AND).
 
+  Per-element masks (bool arrays) are combined element by element.
+
   Example:
     >>> import jax.numpy as jnp, optax_decoupled as odx
     >>> params = {"emb": jnp.ones((4, 2)), "w": jnp.ones((2, 2)), "b": jnp.ones(2)}
@@ -155,17 +198,38 @@ def all_of(*masks: Mask) -> MaskFn:
     check_mask(f"masks[{i}]", mask)
 
   def mask_fn(params):
-    trees = [_broadcast_mask(resolve_mask(m, params), params) for m in masks]
-    return jax.tree.map(lambda *bits: all(bits), *trees)
+    trees = [
+      _broadcast_mask(resolve_mask(m, params, f"masks[{i}]"), params)
+      for i, m in enumerate(masks)
+    ]
+    return jax.tree.map(_and, *trees)
 
   return mask_fn
 
 
+def _and(*bits: Any) -> Any:
+  if all(isinstance(b, bool | np.bool_) for b in bits):
+    return all(bool(b) for b in bits)
+  out = bits[0]
+  for b in bits[1:]:
+    out = jnp.logical_and(out, b)
+  return out
+
+
 def _broadcast_mask(mask: Any, params: Any) -> Any:
-  """Expands a mask that is a prefix of ``params`` to one bool per leaf."""
-  return jax.tree.map(
-    lambda bit, sub: jax.tree.map(lambda _: bool(bit), sub), mask, params
-  )
+  """Expands a mask that is a prefix of ``params`` to one entry per leaf.
+
+  A bool becomes a Python bool on every leaf below it (a None entry, False);
+  a bool array stays as it is.
+  """
+
+  def expand(bit, sub):
+    if bit is None or np.ndim(bit) == 0:
+      value = False if bit is None else bool(bit)
+      return jax.tree.map(lambda _: value, sub)
+    return bit
+
+  return jax.tree.map(expand, mask, params, is_leaf=lambda x: x is None)
 
 
 def _dtype_name(leaf: Any) -> str:
@@ -185,6 +249,7 @@ def describe_mask(params: Any, mask: Mask | None) -> str:
     w     (2, 3)  float32  yes
     decayed: 1 of 2 leaves, 6 of 9 parameters
   """
+  check_mask("mask", mask)
   bits = resolve_mask(mask, params)
   bits = jax.tree.map(lambda _: True, params) if bits is None else bits
   bits = _broadcast_mask(bits, params)
@@ -194,17 +259,16 @@ def describe_mask(params: Any, mask: Mask | None) -> str:
   decayed_leaves = decayed_params = total = 0
   for (path, leaf), flag in zip(leaves, flags, strict=True):
     size = int(np.size(leaf))
+    decayed = int(np.sum(np.broadcast_to(np.asarray(flag), np.shape(leaf))))
     total += size
-    decayed_leaves += flag
-    decayed_params += size if flag else 0
-    rows.append(
-      (
-        path_to_str(path),
-        str(np.shape(leaf)),
-        _dtype_name(leaf),
-        "yes" if flag else "no",
-      )
-    )
+    decayed_params += decayed
+    if np.ndim(flag) == 0:
+      decayed_leaves += bool(flag)
+      label = "yes" if flag else "no"
+    else:
+      decayed_leaves += decayed > 0
+      label = f"{decayed} of {size}"
+    rows.append((path_to_str(path), str(np.shape(leaf)), _dtype_name(leaf), label))
   widths = [max(len(r[c]) for r in rows) for c in range(4)]
   lines = [
     "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows

@@ -1,8 +1,10 @@
 """SGDR's cosine schedule with warm restarts, and normalized weight decay."""
 
-from __future__ import annotations
-
+import dataclasses
+import functools
 import math
+from decimal import ROUND_CEILING, Context, Decimal, localcontext
+from fractions import Fraction
 from typing import Any
 
 import jax
@@ -12,81 +14,182 @@ import optax
 
 from optax_decoupled import _checks
 
-_INT32_MAX = 2**31 - 1
+_INT32_MAX = _checks.INT32_MAX
+
+#: Most cycles tabulated: a ``cycle_mult`` so close to 1 that more cycles
+#: begin below step 2^31 is refused (use ``cycle_mult=1``).
+MAX_CYCLES = 2**16
+#: Largest denominator of a fractional ``first_cycle_steps`` with
+#: ``cycle_mult=1``: its restarts repeat every ``numerator`` steps.
+MAX_DENOMINATOR = 2**16
 
 
-_MAX_CYCLES = 4096  # largest table of cycles kept as constants
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Where the cycles begin, worked out exactly when the schedule is built.
 
-
-def _cycle_table(first: float, mult: float) -> tuple[np.ndarray, ...] | None:
-  """All cycles that begin at or before step 2^31-1, for ``mult > 1``.
-
-  Walks the cycles in float64 (Python integers when both are integers, so the
-  table is exact) and returns, per cycle, the first integer step at or after
-  its real-valued start (int32), how far that step lies past the start
-  (float32, in [0, 1)) and the cycle's length (float32). None when there are
-  more than ``_MAX_CYCLES`` cycles (``mult`` very close to 1).
+  Cycle ``i`` begins at the real ``S_i`` and restarts at step ``ceil(S_i)``:
+  ``starts`` holds those steps (int32), ``offsets`` ``ceil(S_i) - S_i``
+  (in [0, 1)) and ``lengths`` ``T_i``. With a ``period`` the table covers
+  one period of ``period`` steps and ``cycles_per_period`` cycles, repeated.
   """
-  integral = float(first).is_integer() and float(mult).is_integer()
-  if integral:
-    first, mult = int(first), int(mult)
+
+  starts: np.ndarray
+  offsets: np.ndarray
+  lengths: np.ndarray
+  period: int | None = None
+  cycles_per_period: int = 0
+
+
+def _exact_ceil(x: Fraction) -> tuple[int, float]:
+  step = math.ceil(x)
+  return step, float(step - x)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(first: float, mult: float) -> _Plan:
+  """The cycles of ``(first, mult)`` below step 2^31, exactly, or ValueError."""
+  if mult == 1:
+    return _periodic_plan(first)
+  if float(first).is_integer() and float(mult).is_integer():
+    start, length = 0, int(first)  # Python integers: exact
+    step_of = lambda x: (int(x), 0.0)  # noqa: E731
+    grow = lambda x: x * int(mult)  # noqa: E731
+  else:
+    # 60 significant digits: the float64 inputs' exact values, walked with
+    # an error far below any float64 rounding. A start within 1e-12 (relative)
+    # of an integer is that integer, so 0.1-style decimals (not exact in
+    # binary) that add up to a whole step restart on it.
+    start, length = Decimal(0), Decimal(first)
+    m = Decimal(mult)
+
+    def step_of(x):
+      nearest = x.to_integral_value()
+      if abs(x - nearest) <= Decimal("1e-12") * max(nearest, Decimal(1)):
+        return int(nearest), 0.0
+      ceil = int(x.to_integral_value(rounding=ROUND_CEILING))
+      return ceil, float(ceil - x)
+
+    grow = lambda x: x * m  # noqa: E731
   steps, offsets, lengths = [], [], []
-  start, length = 0, first
-  while start <= _INT32_MAX:
-    if len(steps) == _MAX_CYCLES:
-      return None
-    # A start a rounding error above an integer (float64) is that integer.
-    step = math.ceil(start - 1e-12 * start)
-    steps.append(step)
-    offsets.append(max(step - start, 0.0))
-    lengths.append(length)
-    start, length = start + length, length * mult
-  return (
+  with localcontext(Context(prec=60)):
+    while start <= _INT32_MAX:
+      if len(steps) == MAX_CYCLES:
+        raise ValueError(
+          f"cycle_mult={mult!r} is so close to 1 that with first_cycle_steps="
+          f"{first!r} more than {MAX_CYCLES} cycles begin before step 2^31-1, "
+          "too many to place exactly: use cycle_mult=1 or a value farther from 1"
+        )
+      step, offset = step_of(start)
+      steps.append(step)
+      offsets.append(offset)
+      lengths.append(float(length))
+      start, length = start + length, grow(length)
+  return _Plan(
     np.asarray(steps, np.int32),
     np.asarray(offsets, np.float32),
     np.asarray(lengths, np.float32),
   )
 
 
-def _is_integral(value: float | None) -> bool:
-  return value is not None and float(value).is_integer() and value <= _INT32_MAX
+def _periodic_plan(first: float) -> _Plan:
+  """``cycle_mult=1``: cycle ``i`` begins at ``i p / q`` for ``first = p / q``.
+
+  ``first`` is read as the fraction with the smallest denominator (at most
+  ``MAX_DENOMINATOR``) that rounds to it: ``390.625`` is 3125/8 and ``100.1``
+  is 1001/10. The restarts then repeat every ``p`` steps, ``q`` cycles a time.
+  """
+  frac = Fraction(first).limit_denominator(MAX_DENOMINATOR)
+  if float(frac) != first:
+    raise ValueError(
+      f"first_cycle_steps={first!r} is not a fraction with a denominator of at "
+      f"most {MAX_DENOMINATOR}, so its restarts cannot be placed exactly: "
+      "round it (say to 4 decimals) or pass a whole number of steps"
+    )
+  p, q = frac.numerator, frac.denominator
+  if p > _INT32_MAX:  # fewer than q cycles begin below 2^31
+    count = _INT32_MAX // p * q + q
+    k_max = next(k for k in range(count + 1) if k * frac > _INT32_MAX)
+    table = [_exact_ceil(k * frac) for k in range(k_max)]
+    period = None
+  else:
+    table = [_exact_ceil(k * frac) for k in range(q)]
+    period = p
+  return _Plan(
+    np.asarray([t[0] for t in table], np.int32),
+    np.asarray([t[1] for t in table], np.float32),
+    np.full(len(table), float(frac), np.float32),
+    period,
+    q,
+  )
+
+
+def clamp_count(count: Any) -> jax.Array:
+  """A step count as int32 in ``[0, 2^31 - 1]``: a schedule's domain.
+
+  A negative count is step 0, a larger one (int64 under x64) the last int32
+  step, so the value never leaves the schedule's range.
+  """
+  if isinstance(count, int | np.integer) and not isinstance(count, bool):
+    return jnp.int32(min(max(int(count), 0), _INT32_MAX))
+  count = jnp.asarray(count)
+  if jnp.issubdtype(count.dtype, jnp.integer):
+    lo = jnp.zeros((), count.dtype)
+    if jnp.iinfo(count.dtype).max > _INT32_MAX:
+      count = jnp.minimum(count, jnp.asarray(_INT32_MAX, count.dtype))
+    return jnp.maximum(count, lo).astype(jnp.int32)
+  # A float count: below 2^31 in float32 is at most 2^31 - 128.
+  count = jnp.clip(jnp.floor(count), 0, 2.0**31 - 128)
+  return count.astype(jnp.int32)
+
+
+def _known_plan(first_cycle_steps: Any, cycle_mult: Any) -> _Plan | None:
+  first = _checks.concrete_value(first_cycle_steps)
+  mult = _checks.concrete_value(cycle_mult)
+  if first is None or mult is None:
+    return None
+  return _plan(first, mult)
 
 
 def cycle_position(
   step: jax.Array, first_cycle_steps: Any, cycle_mult: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Locates ``step`` (>= 0, counted from the first cycle's start) in SGDR.
+  """Locates ``step`` (counted from the first cycle's start) in SGDR.
 
   Returns ``(i, t_cur, t_i)``: the cycle index (int32), the steps since that
   cycle's start and the cycle's length (float32), with cycle ``i`` lasting
-  ``first_cycle_steps * cycle_mult**i`` steps.
+  ``first_cycle_steps * cycle_mult**i`` steps. ``step`` is clamped to
+  ``[0, 2^31 - 1]``.
 
   When ``first_cycle_steps`` and ``cycle_mult`` are known when the schedule is
-  built, the cycles are tabulated in float64 (exact integers when both are
-  integers) and ``i`` is found by comparing the int32 step with each cycle's
-  first step: restarts are exact for every int32 step, for a fractional
-  ``cycle_mult`` too. Otherwise (traced arguments under
-  ``optax.inject_hyperparams``, or ``cycle_mult`` so close to 1 that there are
-  more than 4096 cycles) ``i`` is found from a float32 logarithm and corrected
-  by one comparison each way against the cycle's start.
+  built, the cycles are worked out exactly then (see :class:`_Plan`) and the
+  int32 step is compared with each cycle's first step: restarts are exact for
+  every int32 step. Otherwise (traced arguments under
+  ``optax.inject_hyperparams``) ``i`` is found from a float32 logarithm and
+  corrected by one comparison each way against the cycle's start.
   """
-  step = jnp.maximum(jnp.asarray(step, jnp.int32), 0)
+  step = clamp_count(step)
   first = _checks.concrete_value(first_cycle_steps)
   mult = _checks.concrete_value(cycle_mult)
-  if mult == 1 and _is_integral(first):
+  if mult == 1 and first is not None and first.is_integer() and first <= _INT32_MAX:
     first = int(first)
     i = step // first
     t_cur = step - i * first
     return i, t_cur.astype(jnp.float32), jnp.float32(first)
-  table = (
-    None if first is None or mult is None or mult == 1 else _cycle_table(first, mult)
+  plan = _known_plan(first_cycle_steps, cycle_mult)
+  if plan is None:
+    return _float_cycle_position(step, first_cycle_steps, cycle_mult)
+  starts, offsets, lengths = (
+    jnp.asarray(a) for a in (plan.starts, plan.offsets, plan.lengths)
   )
-  if table is not None:
-    starts, offsets, lengths = (jnp.asarray(a) for a in table)
-    i = jnp.searchsorted(starts, step, side="right").astype(jnp.int32) - 1
-    t_cur = (step - starts[i]).astype(jnp.float32) + offsets[i]
-    return i, t_cur, lengths[i]
-  return _float_cycle_position(step, first_cycle_steps, cycle_mult)
+  base = jnp.zeros((), jnp.int32)
+  within = step
+  if plan.period is not None:
+    within = step % plan.period
+    base = (step // plan.period) * plan.cycles_per_period
+  j = jnp.searchsorted(starts, within, side="right").astype(jnp.int32) - 1
+  t_cur = (within - starts[j]).astype(jnp.float32) + offsets[j]
+  return base + j, t_cur, lengths[j]
 
 
 def _float_cycle_position(step, first_cycle_steps, cycle_mult):
@@ -119,7 +222,8 @@ def _float_cycle_position(step, first_cycle_steps, cycle_mult):
 def _check_cycles(first_cycle_steps: Any, cycle_mult: Any, warmup_steps: Any):
   _checks.check_at_least("first_cycle_steps", first_cycle_steps, 1)
   _checks.check_at_least("cycle_mult", cycle_mult, 1)
-  _checks.check_non_negative("warmup_steps", warmup_steps)
+  _checks.check_step_count("warmup_steps", warmup_steps)
+  _known_plan(first_cycle_steps, cycle_mult)  # refuses cycles it cannot place
 
 
 def cosine_warm_restarts(
@@ -149,10 +253,21 @@ def cosine_warm_restarts(
 
   When ``first_cycle_steps`` and ``cycle_mult`` are numbers (not traced), the
   restart steps are exact for every int32 step count, integer or fractional
-  ``cycle_mult`` alike: a cycle with a real-valued start restarts at the first
-  step at or after it, as when the cycles are walked one by one. Traced values
+  values alike: a cycle with a real-valued start restarts at the first step at
+  or after it, as when the cycles are walked one by one. The cycles are worked
+  out when the schedule is built, in exact (integer or rational) arithmetic
+  or, for a fractional ``cycle_mult``, to 60 digits. Two cases cannot be
+  placed exactly and are refused with a ``ValueError``: ``cycle_mult`` so
+  close to 1 that more than 65536 cycles begin below step 2^31, and, with
+  ``cycle_mult=1``, a fractional ``first_cycle_steps`` that is not a fraction
+  with denominator at most 65536 (``390.625`` and ``100.1`` are; their
+  restarts repeat every 3125 and 1001 steps). Traced values
   (``optax.inject_hyperparams`` without ``static_args``) are located in
   float32: exact for integer values up to about 2^22 steps.
+
+  The count is clamped to ``[0, 2^31 - 1]`` (a negative count is step 0, an
+  int64 count beyond int32 the last int32 step), so the value never leaves
+  ``[min_value, max_value]`` after warmup, nor ``[0, max_value]`` during it.
 
   With ``warmup_steps=0`` and ``cycle_decay=1`` this equals PyTorch's
   ``CosineAnnealingWarmRestarts(T_0=first_cycle_steps, T_mult=cycle_mult,
@@ -167,7 +282,7 @@ def cosine_warm_restarts(
     cycle_decay: the peak of cycle ``i`` is ``max_value * cycle_decay**i``,
       in (0, 1]; it never falls below ``min_value``.
     warmup_steps: steps of linear warmup from 0 to ``max_value`` before the
-      first cycle (>= 0).
+      first cycle, a whole number in [0, 2^31 - 1].
 
   Returns:
     An ``optax.Schedule`` mapping an int32 step count to a float32 value. It
@@ -192,7 +307,7 @@ def cosine_warm_restarts(
   _checks.check_not_greater("cycle_decay", cycle_decay, "1", 1.0)
 
   def schedule(count):
-    count = jnp.asarray(count, jnp.int32)
+    count = clamp_count(count)
     warmup = jnp.asarray(warmup_steps, jnp.int32)
     lo = jnp.asarray(min_value, jnp.float32)
     hi = jnp.asarray(max_value, jnp.float32)
@@ -237,6 +352,13 @@ def normalized_weight_decay(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019, Appendix B.1.
   """
+  for name, value in (
+    ("lambda_norm", lambda_norm),
+    ("batch_size", batch_size),
+    ("num_examples", num_examples),
+    ("num_epochs", num_epochs),
+  ):
+    _checks.check_number(name, value)  # a number: a schedule is refused
   _checks.check_non_negative("lambda_norm", lambda_norm)
   _checks.check_positive("batch_size", batch_size)
   _checks.check_positive("num_examples", num_examples)
@@ -278,11 +400,12 @@ def restart_normalized_weight_decay(
     >>> [round(float(lam(t)), 4) for t in (0, 99, 100, 499, 500)]
     [0.005, 0.005, 0.0025, 0.0025, 0.0013]
   """
+  _checks.check_number("lambda_norm", lambda_norm)
   _checks.check_non_negative("lambda_norm", lambda_norm)
   _check_cycles(first_cycle_steps, cycle_mult, warmup_steps)
 
   def schedule(count):
-    count = jnp.asarray(count, jnp.int32)
+    count = clamp_count(count)
     _, _, t_i = cycle_position(
       count - jnp.asarray(warmup_steps, jnp.int32), first_cycle_steps, cycle_mult
     )

@@ -9,11 +9,10 @@ into the compiled program, and are exactly zero for every input (NaN and inf
 included).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import optax
 
@@ -24,6 +23,8 @@ def zeros_like_param(param: jax.Array, dtype: Any = None) -> jax.Array:
   The default dtype is canonical (a NumPy float64 parameter gives float32
   zeros when x64 is off), without the warning an explicit float64 would give.
   """
+  if not (hasattr(param, "shape") and hasattr(param, "dtype")):
+    param = jnp.asarray(param)  # a Python scalar
   dtype = jax.dtypes.canonicalize_dtype(param.dtype) if dtype is None else dtype
   if not isinstance(param, jax.core.Tracer):
     # An uncommitted parameter gets an uncommitted buffer: a committed one

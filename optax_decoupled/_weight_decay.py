@@ -1,11 +1,10 @@
 """Weight decay as a gradient term (L2) or as a decoupled shrink of the weights."""
 
-from __future__ import annotations
-
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_decoupled import _checks, _decay_variants
@@ -15,45 +14,54 @@ from optax_decoupled._masks import Mask, check_mask, resolve_mask
 class AddL2State(NamedTuple):
   """State of :func:`add_l2`: the step count that drives a ``λ`` schedule."""
 
-  count: jax.Array  # int32 scalar
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride] (int32)
 
 
 class DecoupledWeightDecayState(NamedTuple):
   """State of :func:`add_decoupled_weight_decay`: the step count of ``η_t``, ``λ_t``."""
 
-  count: jax.Array  # int32 scalar
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride] (int32)
 
 
 def as_schedule(value: Any) -> optax.Schedule:
   """A constant or a schedule, as a schedule."""
-  return value if callable(value) else (lambda count: value)
+  if callable(value):
+    return cast(optax.Schedule, value)
+  return lambda count: value
 
 
 def _add_scaled_params(updates, params, scale, mask, cautious=False):
   """``updates + scale * params`` on the leaves the mask selects.
 
   The product is formed in the parameter's dtype, so bf16 parameters give bf16
-  updates. Unselected leaves (a ``False`` mask bit) pass through untouched.
-  ``cautious`` adds the term only where ``updates · params <= 0``.
+  updates (and complex ones complex: both parts shrink alike). Unselected
+  leaves (a ``False`` mask bit, or ``False`` elements of a bool array) pass
+  through untouched; a ``None`` update (a leaf without a gradient, as optax
+  allows) stays ``None``. ``cautious`` adds the term only where
+  ``updates · params <= 0``.
   """
 
-  def leaf(u, p):
+  def leaf(u, p, bit=True):
     if u is None:
       return None
+    u, p = jnp.asarray(u), jnp.asarray(p)
+    if isinstance(bit, bool | np.bool_) and not bit:
+      return u
     term = (jnp.asarray(scale, p.dtype) * p).astype(u.dtype)
     if cautious:
       term = jnp.where(_decay_variants.cautious_gate(u, p), term, jnp.zeros_like(term))
-    return u + term
+    new = u + term
+    return new if isinstance(bit, bool | np.bool_) else jnp.where(bit, new, u)
 
+  is_none = lambda x: x is None  # noqa: E731
   if mask is None:
-    return jax.tree.map(leaf, updates, params)
+    return jax.tree.map(leaf, updates, params, is_leaf=is_none)
 
   def masked(bit, u, p):
-    if isinstance(bit, bool) or bit is None:
-      return jax.tree.map(leaf, u, p) if bit else u
-    return jax.tree.map(lambda ui, pi: jnp.where(bit, leaf(ui, pi), ui), u, p)
+    bit = False if bit is None else bit
+    return jax.tree.map(lambda ui, pi: leaf(ui, pi, bit), u, p, is_leaf=is_none)
 
-  return jax.tree.map(masked, mask, updates, params, is_leaf=lambda x: x is None)
+  return jax.tree.map(masked, mask, updates, params, is_leaf=is_none)
 
 
 def _require_params(params, name):
@@ -64,7 +72,9 @@ def _require_params(params, name):
     )
 
 
-def add_l2(weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None):
+def add_l2(
+  weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None
+) -> optax.GradientTransformation:
   r"""Adds the L2 penalty's gradient ``λ_t θ`` to the incoming gradient.
 
   .. math::
@@ -105,7 +115,7 @@ def add_l2(weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None):
     _require_params(params, "add_l2")
     scale = jnp.asarray(decay(state.count), jnp.float32)
     updates = _add_scaled_params(updates, params, scale, resolve_mask(mask, params))
-    return updates, AddL2State(count=optax.safe_increment(state.count))
+    return updates, AddL2State(count=jnp.asarray(optax.safe_increment(state.count)))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -117,8 +127,8 @@ def add_decoupled_weight_decay(
   *,
   cautious: bool = False,
   corrected: bool = False,
-  schedule_peak: Any = None,
-):
+  schedule_peak: jax.typing.ArrayLike | None = None,
+) -> optax.GradientTransformation:
   r"""Adds the paper's decoupled decay ``-η_t λ_t θ_{t-1}`` to the update.
 
   .. math::
@@ -210,7 +220,9 @@ def add_decoupled_weight_decay(
     updates = _add_scaled_params(
       updates, params, scale, resolve_mask(mask, params), cautious
     )
-    return updates, DecoupledWeightDecayState(count=optax.safe_increment(state.count))
+    return updates, DecoupledWeightDecayState(
+      count=jnp.asarray(optax.safe_increment(state.count))
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -223,7 +235,7 @@ def with_decoupled_weight_decay(
   *,
   cautious: bool = False,
   corrected: bool = False,
-  schedule_peak: Any = None,
+  schedule_peak: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Makes any optax optimizer decoupled: ``tx`` then ``-η_t λ_t θ_{t-1}``.
 
@@ -254,6 +266,7 @@ def with_decoupled_weight_decay(
     >>> updates["w"]  # -1e-4 * sign(g) - 1e-3 * w
     Array([-0.0011, -0.0011, -0.0011], dtype=float32)
   """
+  _checks.check_transformation("tx", tx)
   return optax.chain(
     tx,
     add_decoupled_weight_decay(

@@ -62,6 +62,7 @@ def adam(
   b1=0.9,
   b2=0.999,
   eps=1e-8,
+  eps_root=0.0,
   lam=0.0,
   eta=1.0,
   decoupled=True,
@@ -83,7 +84,9 @@ def adam(
   ``grads`` is a list of gradient dicts, one per step (computed elsewhere at
   the parameters of that step, or fixed), or of callables that take the
   current parameters and return one (the gradient of a real loss). Returns the
-  parameters after each step. ``mask[name]`` False means no decay for that leaf.
+  parameters after each step. ``mask[name]`` False means no decay for that leaf;
+  a bool array there decays only its True elements. ``eps_root`` is added to
+  ``v̂`` inside the square root, ``eps`` outside it.
   """
   alpha, lam, eta = _as_fn(alpha), _as_fn(lam), _as_fn(eta)
   theta = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -95,7 +98,7 @@ def adam(
     g_t = g_t(theta) if callable(g_t) else g_t
     new = {}
     for k in theta:
-      decay = lam(s) if (mask is None or mask[k]) else 0.0
+      decay = lam(s) * (1.0 if mask is None else np.asarray(mask[k], np.float64))
       g = np.asarray(g_t[k], np.float64)
       if not decoupled:
         g = g + decay * theta[k]
@@ -105,7 +108,7 @@ def adam(
       if nesterov:
         m_hat = b1 * m[k] / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
       v_hat = v[k] / (1 - b2**t)
-      step = alpha(s) * m_hat / (np.sqrt(v_hat) + eps)
+      step = alpha(s) * m_hat / (np.sqrt(v_hat + eps_root) + eps)
       if decoupled:
         decay = _variant(decay, -eta(s) * step, theta[k], eta(s), cautious, peak)
         step = step + decay * theta[k]
@@ -144,7 +147,7 @@ def sgd(
     g_t = g_t(theta) if callable(g_t) else g_t
     new = {}
     for k in theta:
-      decay = lam(s) if (mask is None or mask[k]) else 0.0
+      decay = lam(s) * (1.0 if mask is None else np.asarray(mask[k], np.float64))
       g = np.asarray(g_t[k], np.float64)
       if not decoupled:
         g = g + decay * theta[k]
@@ -157,3 +160,16 @@ def sgd(
     theta = new
     history.append(dict(theta))
   return history
+
+
+def restart_steps(t0, t_mult, upto):
+  """Steps at which SGDR restarts, up to ``upto``, walking the cycles in float64.
+
+  Cycle ``i`` begins at the real ``S_i = S_{i-1} + T_{i-1}`` and restarts at
+  the first integer step at or after it.
+  """
+  steps, start, length = [], 0.0, float(t0)
+  while start <= upto:
+    steps.append(math.ceil(start))
+    start, length = start + length, length * t_mult
+  return steps

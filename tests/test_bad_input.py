@@ -293,3 +293,120 @@ def test_normalize_weight_decay_rejects_a_schedule(fn):
   with pytest.raises(ValueError, match="normalize_weight_decay=True") as info:
     fn(0.1, first_cycle_steps=10, weight_decay=schedule, normalize_weight_decay=True)
   assert "weight_decay=" in str(info.value), str(info.value)
+
+
+# --- Issue 10: refused when built, never silently wrong.
+
+BEYOND_FLOAT32 = [
+  (odx.adamw, dict(learning_rate=1e39)),
+  (odx.adamw, dict(learning_rate=1e-3, weight_decay=1e300)),
+  (odx.adamw, dict(learning_rate=1e-3, eps=1e39)),
+  (odx.sgdw, dict(learning_rate=-1e39)),
+  (odx.cosine_warm_restarts, dict(first_cycle_steps=10, max_value=1e300)),
+  (odx.cosine_warm_restarts, dict(first_cycle_steps=1e300)),
+  (odx.add_decoupled_weight_decay, dict(weight_decay=1e39)),
+]
+
+
+@pytest.mark.parametrize(
+  "fn, kwargs", BEYOND_FLOAT32, ids=[f"{f.__name__}-{k}" for f, k in BEYOND_FLOAT32]
+)
+def test_finite_values_beyond_float32_are_refused(fn, kwargs):
+  """1e39 is finite in float64 but inf in float32, where it is used."""
+  with pytest.raises(ValueError) as info:
+    fn(**kwargs)
+  name, value = list(kwargs.items())[-1]
+  assert f"{name}={value!r}" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("arg", ["b1", "b2"])
+@pytest.mark.parametrize("fn", [odx.adamw, odx.adam_l2], ids=["adamw", "adam_l2"])
+def test_decay_rates_that_round_to_one_in_float32_are_refused(fn, arg):
+  """b2=0.99999999 is < 1 in float64, 1.0 in float32: NaN on step 1."""
+  with pytest.raises(ValueError, match=f"{arg}=0.99999999"):
+    fn(1e-3, **{arg: 0.99999999})
+  with pytest.raises(ValueError, match="momentum=0.99999999"):
+    odx.sgdw(0.1, momentum=0.99999999)
+
+
+@pytest.mark.parametrize("arg", ["mu_dtype", "nu_dtype"])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.bool_, "foo", 3])
+def test_moment_dtypes_must_be_floating_when_built(arg, dtype):
+  """Integer or bool moments zero or explode the step; 'foo' is no dtype:
+  refused when the optimizer is built, not at init."""
+  with pytest.raises(TypeError) as info:
+    odx.adamw(1e-3, **{arg: dtype})
+  assert f"{arg}=" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: odx.sgdw(0.1, nesterov="no"),
+    lambda: odx.adamw(0.1, nesterov="no"),
+    lambda: odx.scale_by_adam(nesterov=1),
+    lambda: odx.adamwr(0.1, first_cycle_steps=10, normalize_weight_decay="no"),
+    lambda: odx.sgdwr(0.1, first_cycle_steps=10, normalize_weight_decay=None),
+  ],
+  ids=["sgdw", "adamw", "scale_by_adam", "adamwr", "sgdwr"],
+)
+def test_flags_must_be_bools(make):
+  """'no' is truthy: a flag that is not a bool is refused, by name."""
+  with pytest.raises(TypeError, match="must be True or False"):
+    make()
+
+
+@pytest.mark.parametrize(
+  "make, words",
+  [
+    (lambda: odx.adamw(1j), "learning_rate=1j"),
+    (lambda: odx.adamw(1e-3, eps=1e-8 + 0j), "eps="),
+    (lambda: odx.cosine_warm_restarts(10, min_value=1j), "min_value=1j"),
+    (lambda: odx.with_decoupled_weight_decay(None, 1e-4), "tx=None"),
+    (lambda: odx.flatten_small_leaves(None), "tx=None"),
+    (
+      lambda: odx.normalized_weight_decay(
+        optax.constant_schedule(0.05), batch_size=1, num_examples=10, num_epochs=1
+      ),
+      "lambda_norm=",
+    ),
+  ],
+  ids=["complex lr", "complex eps", "complex min", "tx None", "flatten None", "sched"],
+)
+def test_wrong_kinds_raise_type_error_naming_the_argument(make, words):
+  with pytest.raises(TypeError) as info:
+    make()
+  assert words in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("warmup", [2**31, 2.5, -1])
+def test_warmup_steps_must_be_a_whole_int32(warmup):
+  """warmup_steps=2**31 used to build and fail on the first call."""
+  with pytest.raises(ValueError, match="warmup_steps="):
+    odx.cosine_warm_restarts(10, warmup_steps=warmup)
+  with pytest.raises(ValueError, match="warmup_steps="):
+    odx.adamwr(0.1, first_cycle_steps=10, warmup_steps=warmup)
+
+
+def test_check_restore_target_on_python_scalars_and_garbage():
+  """Python-scalar leaves are compared as JAX stores them; a leaf with no
+  shape and dtype is a TypeError naming its path."""
+  odx.check_restore_target({"a": 1.0, "n": 3}, {"a": jnp.float32(2), "n": jnp.int32(0)})
+  with pytest.raises(ValueError, match="a is saved with shape"):
+    odx.check_restore_target({"a": 1.0}, {"a": jnp.ones(2)})
+  with pytest.raises(TypeError, match="a='x'"):
+    odx.check_restore_target({"a": "x"}, {"a": jnp.ones(2)})
+  with pytest.raises(TypeError, match="no shape and dtype"):
+    odx.check_restore_target(object(), {"a": jnp.ones(2)})
+
+
+def test_check_restore_target_names_a_leaf_only_in_the_checkpoint():
+  """A checkpoint with a leaf the target lacks is refused, naming the leaf."""
+  params = {"w": jnp.zeros(2)}
+  saved = {"w": jnp.zeros(2), "extra": jnp.zeros(3)}
+  with pytest.raises(ValueError, match="extra is in the checkpoint but not"):
+    odx.check_restore_target(saved, params)
+  state = odx.adamw(1e-3).init(params)
+  bigger = odx.adamw(1e-3).init(saved)
+  with pytest.raises(ValueError, match="mu/extra is in the checkpoint but not"):
+    odx.check_restore_target(bigger, state)

@@ -291,18 +291,18 @@ def run_optax(tx, steps=OPTAX_STEPS):
       optax.chain(optax.add_decayed_weights(LAM), optax.adam(ALPHA)),
     ),
     (
-      odx.sgd_l2(ALPHA, BETA, weight_decay=LAM),
+      odx.sgd_l2(ALPHA, momentum=BETA, weight_decay=LAM),
       optax.chain(optax.add_decayed_weights(LAM), optax.sgd(ALPHA, BETA)),
     ),
     (
-      odx.sgd_l2(ALPHA, BETA, weight_decay=LAM, nesterov=True),
+      odx.sgd_l2(ALPHA, momentum=BETA, weight_decay=LAM, nesterov=True),
       optax.chain(
         optax.add_decayed_weights(LAM), optax.sgd(ALPHA, BETA, nesterov=True)
       ),
     ),
     # SGDW: optax's SGD, then subtract λ θ (flip the sign around optax's add).
     (
-      odx.sgdw(ALPHA, BETA, weight_decay=LAM),
+      odx.sgdw(ALPHA, momentum=BETA, weight_decay=LAM),
       optax.chain(
         optax.sgd(ALPHA, BETA),
         optax.scale(-1.0),
@@ -380,7 +380,7 @@ def test_torch_sgd_l2(nesterov):
       ps, lr=ALPHA, momentum=BETA, weight_decay=LAM, nesterov=nesterov
     )
   )
-  tx = odx.sgd_l2(ALPHA, BETA, weight_decay=LAM, nesterov=nesterov)
+  tx = odx.sgd_l2(ALPHA, momentum=BETA, weight_decay=LAM, nesterov=nesterov)
   assert_close(run(tx, PARAMS, GRADS, OPTAX_STEPS), expected)
 
 
