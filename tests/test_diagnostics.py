@@ -113,7 +113,7 @@ TEACHER = np.random.default_rng(42).normal(size=(D, K)).astype(np.float32)
 DECAY_MASK = {"w1": True, "w2": False, "b2": False}
 MAKE = {
   "adamw": lambda lam: odx.adamw(1e-3, weight_decay=lam, mask=DECAY_MASK),
-  "sgdw": lambda lam: odx.sgdw(0.1, 0.9, weight_decay=lam, mask=DECAY_MASK),
+  "sgdw": lambda lam: odx.sgdw(0.1, momentum=0.9, weight_decay=lam, mask=DECAY_MASK),
 }
 
 
