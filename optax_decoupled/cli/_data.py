@@ -31,8 +31,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's 8x8 digits (1797 images, shipped in the wheel), in [0, 1]."""
   from sklearn.datasets import load_digits as sk_load_digits
 
-  data = sk_load_digits()
-  return (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
+  x, y = sk_load_digits(return_X_y=True)
+  return (np.asarray(x) / 16.0).astype(np.float32), np.asarray(y).astype(np.int32)
 
 
 _INT32_MAX = 2**31 - 1
@@ -159,7 +159,7 @@ def split(
       f"cannot split {len(y)} examples into --test-fraction {test_fraction:g} and "
       f"--train-size {train_size} by class; change either"
     ) from None
-  return Split(x_tr, y_tr, x_te, y_te)
+  return Split(*(np.asarray(a) for a in (x_tr, y_tr, x_te, y_te)))
 
 
 def corrupt_labels(split_: Split, fraction: float, *, seed: int) -> Split:

@@ -391,7 +391,7 @@ def _train_command(args):
     )
     metrics = {**result, "hyperparameters": hyper, "steps": args.steps}
     if normalized and not restarts:
-      metrics["weight_decay_from_normalized"] = float(recipe.lam())
+      metrics["weight_decay_from_normalized"] = float(recipe.lam())  # type: ignore[arg-type]
     _outputs.write_json(os.path.join(tmp, "metrics.json"), metrics)
     title = (
       f"{args.optimizer}: α={recipe.learning_rate:g}, test accuracy "
@@ -426,8 +426,10 @@ def _sweep_command(args):
   results, panels = [], []
   for name in names:
     family = "adam" if name.startswith("adam") else "sgd"
-    lrs = _sweep.log_grid(*(args.lr_range or _LR_RANGES[family]), args.grid)
-    wds = _sweep.log_grid(*(args.wd_range or _WD_RANGES[name]), args.grid)
+    lr_lo, lr_hi = args.lr_range or _LR_RANGES[family]
+    wd_lo, wd_hi = args.wd_range or _WD_RANGES[name]
+    lrs = _sweep.log_grid(lr_lo, lr_hi, args.grid)
+    wds = _sweep.log_grid(wd_lo, wd_hi, args.grid)
     print(f"{name}: {args.grid}x{args.grid} grid x {len(seeds)} seeds ...", flush=True)
     result = _sweep.sweep(
       name,

@@ -42,6 +42,8 @@ def heatmaps(path: str, panels: list[dict]) -> None:
   ``errors`` (len(lr) x len(wd)) and ``wd_label``. The best cell is boxed.
   """
   plt = _pyplot()
+  from matplotlib import patches
+
   fig, axes = plt.subplots(
     1, len(panels), figsize=(4.6 * len(panels), 4.2), constrained_layout=True
   )
@@ -56,7 +58,9 @@ def heatmaps(path: str, panels: list[dict]) -> None:
     for (i, j), value in np.ndenumerate(errors):
       ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="w")
     i, j = np.unravel_index(np.argmin(errors), errors.shape)
-    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
+    ax.add_patch(
+      patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5)
+    )
     ax.set_xticks(range(len(panel["learning_rates"])))
     ax.set_xticklabels([f"{v:.0e}" for v in panel["learning_rates"]], rotation=45)
     ax.set_yticks(range(len(panel["weight_decays"])))
