@@ -59,3 +59,12 @@ def test_block_runs_as_written(tmp_path, code, output):
   assert proc.returncode == 0, proc.stderr[-3000:]
   if output is not None:
     assert proc.stdout.strip() == output.strip(), proc.stdout
+
+
+def test_readme_pictures_have_absolute_urls():
+  """PyPI shows the README without the repository: relative paths break."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    targets = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", f.read())
+  assert targets, "the README has a picture"
+  for target in targets:
+    assert target.startswith("https://"), target

@@ -10,6 +10,7 @@ only when complete; Ctrl-C and SIGTERM leave nothing behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -554,10 +555,12 @@ def main(argv=None) -> int:
   cannot be used; 1 with one line when the ``examples`` extra is missing; 130
   (Ctrl-C) and 143 (SIGTERM), with nothing left behind.
   """
+  as_program = argv is None  # not called from Python: own the signals
   argv = sys.argv[1:] if argv is None else list(argv)
   command = next((a for a in argv if a in _COMMANDS), None)
   prog = "optax-decoupled" + (f" {command}" if command else "")
-  with _outputs.on_signals(prog):
+  signals = _outputs.on_signals(prog) if as_program else contextlib.nullcontext()
+  with signals:
     try:
       args = _parser().parse_args(argv)
       return _COMMANDS[args.command](args)

@@ -141,6 +141,9 @@ def _lock(claim):
       raise _fail(
         claim.out, "another optax-decoupled run is writing there right now"
       ) from None
+    except OSError:  # a filesystem without locks (some NFS setups): go on unlocked
+      claim.lock_fd = fd
+      return
     try:
       same = os.stat(lock).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
