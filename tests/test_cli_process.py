@@ -266,11 +266,11 @@ def mount(tmp_path):
   """Mounts a small tmpfs (``mount("ro")`` read-only); skips where not allowed."""
   mounted = []
 
-  def mount(name, options="rw"):
+  def mount(name, options="rw", size="16m"):
     point = tmp_path / name
     point.mkdir()
     proc = subprocess.run(
-      ["mount", "-t", "tmpfs", "-o", f"{options},size=16m", "tmpfs", str(point)],
+      ["mount", "-t", "tmpfs", "-o", f"{options},size={size}", "tmpfs", str(point)],
       capture_output=True,
     )
     if proc.returncode != 0:
@@ -303,6 +303,15 @@ def test_read_only_out_is_refused_before_any_work(tmp_path, mount):
     proc = _cli("sweep", "--out", out, timeout=60)  # the full sweep takes minutes
     _refused(proc, "cannot write there", "Read-only")
     assert time.perf_counter() - start < 30
+
+
+def test_a_full_disk_leaves_nothing_half_written(tmp_path, mount):
+  """A 16 KiB tmpfs: the plot does not fit. One line, and the folder is as
+  it was (empty), with no staging folder."""
+  point = mount("tiny", size="16k")
+  proc = _cli("train", *QUICK, "--out", point)
+  _refused(proc, "No space left on device", status=1)
+  assert os.listdir(point) == []
 
 
 def test_immutable_out_is_refused(tmp_path):

@@ -578,6 +578,9 @@ def main(argv=None) -> int:
         file=sys.stderr,
       )
       return 1
+    except OSError as error:  # e.g. the disk filled up: nothing half-written stays
+      print(f"{prog}: error: {error}; nothing was written", file=sys.stderr)
+      return 1
     except KeyboardInterrupt:  # a signal handler other than ours was active
       print(f"{prog}: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
       return 130

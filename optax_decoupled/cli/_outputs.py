@@ -50,6 +50,7 @@ class _Claim:
 
 
 _claims: dict[str, _Claim] = {}
+_done: list[str] = []  # the --out of every run written whole, for messages
 # Held while files move into place, so that a signal cannot clean up halfway.
 _publishing = threading.RLock()
 
@@ -198,6 +199,7 @@ def _publish(claim):
       claim.out, f"could not move the outputs in ({error.strerror})"
     ) from None
   claim.published = True
+  _done.append(claim.out)
   if old:
     shutil.rmtree(old, ignore_errors=True)
 
@@ -263,8 +265,8 @@ def _watch(read, prog):
       continue
     interrupt = data[0] == signal.SIGINT
     with _publishing:
-      done = [c.out for c in _claims.values() if c.published]
       release()
+      done = list(_done)
       what = "interrupted (Ctrl-C)" if interrupt else "terminated (SIGTERM)"
       kept = f"the run in {done[0]} is complete" if done else "nothing was written"
       with contextlib.suppress(Exception):
