@@ -318,7 +318,7 @@ def cosine_warm_restarts(
     ramp = hi * count.astype(jnp.float32) / jnp.maximum(warmup, 1).astype(jnp.float32)
     return jnp.where(count < warmup, ramp, cosine)
 
-  setattr(schedule, "schedule_peak", max_value)  # η_max, for corrected decay
+  schedule.schedule_peak = max_value  # η_max, for corrected decay
   return schedule
 
 

@@ -6,9 +6,11 @@ Everything here is checked before any file is written; problems raise
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from typing import NamedTuple
+import zipfile
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,8 +32,12 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's 8x8 digits (1797 images, shipped in the wheel), in [0, 1]."""
   from sklearn.datasets import load_digits as sk_load_digits
 
-  data = sk_load_digits()
-  return (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
+  x, y = sk_load_digits(return_X_y=True)
+  return (np.asarray(x) / 16.0).astype(np.float32), np.asarray(y).astype(np.int32)
+
+
+_INT32_MAX = 2**31 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 #: mnist1d's generator settings (its defaults), with 14,000 examples split
@@ -57,7 +63,7 @@ def generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """
   from mnist1d.data import get_dataset_args, make_dataset
 
-  args = get_dataset_args()
+  args: Any = get_dataset_args()  # an attribute bag
   args.num_samples = MNIST1D_TRAIN + MNIST1D_TEST
   args.train_split = MNIST1D_TRAIN / args.num_samples
   state = np.random.get_state()
@@ -101,24 +107,51 @@ def load_mnist1d() -> Split:
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Arrays ``x`` (N x features, finite) and ``y`` (N integer labels >= 0)."""
+  """Arrays ``x`` (N x features, finite) and ``y`` (N integer labels >= 0).
+
+  Returns ``x`` as float32 and ``y`` as int32 classes ``0 .. K-1``: the
+  distinct labels present, in increasing order (labels 3, 7, 1000 become 0,
+  1, 2), so that the number of classes is the number of labels present and
+  label noise draws only among them.
+  """
   if not os.path.isfile(path):
     raise ValueError(f"--data {path!r}: no such file")
+  what = (
+    "not a readable .npz file (a zip archive of .npy arrays, as numpy.savez writes)"
+  )
   try:
-    loaded = np.load(path, allow_pickle=False)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-      raise TypeError("one .npy array, not an .npz archive of x and y")
-    with loaded as npz:
+    with open(path, "rb") as f:
+      magic = f.read(6)
+  except OSError as error:
+    raise ValueError(f"--data {path!r}: cannot be read ({error.strerror})") from None
+  if magic == b"\x93NUMPY":
+    raise ValueError(f"--data {path!r}: one .npy array, not an .npz archive of x and y")
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"--data {path!r}: {what}")
+  arrays = {}
+  try:
+    with np.load(path, allow_pickle=False) as npz:
       names = set(npz.files)
-      arrays = {name: npz[name] for name in ("x", "y") if name in names}
-  except Exception as error:  # not a zip, a lone .npy, pickled objects, ...
-    message = " ".join(str(error).split())[:120]
-    raise ValueError(f"--data {path!r}: not a readable .npz file ({message})") from None
+      for name in ("x", "y"):
+        if name in names:
+          arrays[name] = npz[name]
+  except ValueError as error:  # an object array: Python objects, not numbers
+    if "allow_pickle" in str(error) or "Object arrays" in str(error):
+      raise ValueError(
+        f"--data {path!r}: an array holds Python objects, not numbers "
+        "(save plain numeric arrays with numpy.savez)"
+      ) from None
+    raise ValueError(f"--data {path!r}: {what}") from None
+  except Exception:  # a damaged archive, a member that is not an .npy, ...
+    raise ValueError(f"--data {path!r}: {what}") from None
   missing = sorted({"x", "y"} - names)
   if missing:
     raise ValueError(
       f"--data {path!r}: missing array(s) {', '.join(missing)} (found {sorted(names)})"
     )
+  for name, array in arrays.items():
+    if not isinstance(array, np.ndarray):  # numpy hands back raw bytes
+      raise ValueError(f"--data {path!r}: {name!r} is not an .npy array")
   x, y = arrays["x"], arrays["y"]
   if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
     raise ValueError(f"--data {path!r}: x must be 2-D (N x features), got {x.shape}")
@@ -130,11 +163,25 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"--data {path!r}: x must be real numbers, got {x.dtype}")
   if not np.all(np.isfinite(x)):
     raise ValueError(f"--data {path!r}: x has NaN or infinite values")
-  if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+  with np.errstate(over="ignore"):
+    x32 = x.astype(np.float32)
+  if not np.all(np.isfinite(x32)):
+    raise ValueError(
+      f"--data {path!r}: x has values beyond float32's range "
+      f"(|x| > {_FLOAT32_MAX:.3g}); the model computes in float32"
+    )
+  if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(
       f"--data {path!r}: y must be integer class labels >= 0, got dtype {y.dtype}"
     )
-  return x.astype(np.float32), y.astype(np.int32)
+  low, high = int(y.min()), int(y.max())  # Python ints: no wrap-around
+  if low < 0 or high > _INT32_MAX:
+    bad = low if low < 0 else high
+    raise ValueError(
+      f"--data {path!r}: y must be class labels from 0 to 2147483647 (int32), got {bad}"
+    )
+  _, classes = np.unique(y, return_inverse=True)
+  return x32, classes.reshape(-1).astype(np.int32)
 
 
 def split(
@@ -156,6 +203,15 @@ def split(
   if len(classes) < 2:
     raise ValueError(f"need at least 2 classes, got {len(classes)}")
   stratify = y if counts.min() >= 2 else None
+  n = len(y)
+  n_test = math.ceil(test_fraction * n)
+  floor = len(classes) if stratify is not None else 1
+  if n_test < floor or n - n_test < floor:
+    raise ValueError(
+      f"--test-fraction {test_fraction:g} of {n} examples gives {n_test} test and "
+      f"{n - n_test} train examples; each needs at least {floor} (one per class "
+      "when split by class)"
+    )
   try:
     x_tr, x_te, y_tr, y_te = train_test_split(
       x, y, test_size=test_fraction, random_state=seed, stratify=stratify
@@ -165,9 +221,12 @@ def split(
       x_tr, _, y_tr, _ = train_test_split(
         x_tr, y_tr, train_size=train_size, random_state=seed, stratify=strat
       )
-  except ValueError as error:
-    raise ValueError(f"cannot split {len(y)} examples: {error}") from None
-  return Split(x_tr, y_tr, x_te, y_te)
+  except ValueError:
+    raise ValueError(
+      f"cannot split {len(y)} examples into --test-fraction {test_fraction:g} and "
+      f"--train-size {train_size} by class; change either"
+    ) from None
+  return Split(*(np.asarray(a) for a in (x_tr, y_tr, x_te, y_te)))
 
 
 def subsample(split_: Split, train_size: int | None, *, seed: int) -> Split:

@@ -2,18 +2,20 @@
 
 Subcommands ``train``, ``sweep`` and ``schedule`` (see ``--help`` of each).
 Every argument is checked before anything is written; a bad one ends the
-command with a one-line message and exit status 2. Outputs are written to a
-temporary folder next to ``--out`` and moved there only when complete.
+command with a one-line message and exit status 2. ``--out`` is claimed before
+any work (see ``_outputs``): outputs are staged inside it and moved into place
+only when complete; Ctrl-C and SIGTERM leave nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 
-from optax_decoupled.cli import _outputs
+from optax_decoupled.cli import _limits, _outputs
 
 _ADAM_LR, _SGD_LR = 3e-3, 0.05
 
@@ -36,13 +38,32 @@ def _positive_int(text):
   value = _number(text, int)
   if value < 1:
     raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
-  return value
+  return _int32(text, value)
 
 
 def _non_negative_int(text):
   value = _number(text, int)
   if value < 0:
     raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+  return _int32(text, value)
+
+
+def _int32(text, value):
+  """Steps, counts and seeds reach JAX as int32 (and scikit-learn's seeds)."""
+  if value > _limits.INT32_MAX:
+    raise argparse.ArgumentTypeError(
+      f"{text!r} must be <= 2147483647 (2**31 - 1: steps and seeds are int32)"
+    )
+  return value
+
+
+def _depth(text):
+  value = _positive_int(text)
+  if value > _limits.MAX_DEPTH:
+    raise argparse.ArgumentTypeError(
+      f"{text!r} must be <= {_limits.MAX_DEPTH} (each layer is unrolled into the "
+      "compiled program; deeper ones take minutes to compile)"
+    )
   return value
 
 
@@ -155,9 +176,7 @@ def _add_model_arguments(p, *, hidden, batch_size, steps):
   g.add_argument(
     "--hidden", type=_positive_int, default=hidden, help="MLP width (%(default)s)"
   )
-  g.add_argument(
-    "--depth", type=_positive_int, default=2, help="hidden layers (%(default)s)"
-  )
+  g.add_argument("--depth", type=_depth, default=2, help="hidden layers (%(default)s)")
   g.add_argument(
     "--model",
     choices=_models.MODELS,
@@ -178,6 +197,7 @@ def _parser():
     "MLP, reproduce the paper's learning-rate x weight-decay heatmaps, plot "
     "SGDR schedules.",
   )
+  parser.add_argument("--version", action="version", version=_version())
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
   p = sub.add_parser(
@@ -218,6 +238,7 @@ def _parser():
   )
   p.add_argument("--seed", type=_non_negative_int, default=0, help="(%(default)s)")
   p.add_argument("--out", default="runs/train", help="output folder (%(default)s)")
+  _add_overwrite(p)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   _add_model_arguments(p, hidden=64, batch_size=64, steps=1000)
   _add_data_arguments(p)
@@ -282,6 +303,7 @@ def _parser():
     help="α of the budget study (%(default)s)",
   )
   p.add_argument("--out", default="runs/sweep", help="output folder (%(default)s)")
+  _add_overwrite(p)
   _add_model_arguments(p, hidden=64, batch_size=64, steps=3000)
   _add_data_arguments(p)
 
@@ -300,7 +322,22 @@ def _parser():
   p.add_argument("--normalized-weight-decay", type=_non_negative_float, default=0.05)
   p.add_argument("--steps", type=_positive_int, default=700)
   p.add_argument("--out", default="runs/schedule", help="output folder (%(default)s)")
+  _add_overwrite(p)
   return parser
+
+
+def _add_overwrite(p):
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace the run already in --out (without it, a non-empty --out is refused)",
+  )
+
+
+def _version():
+  from optax_decoupled import __version__
+
+  return f"%(prog)s {__version__}"
 
 
 #: Default grids (mnist1d, the BatchNorm MLP, 3000 steps): wide enough that
@@ -331,6 +368,15 @@ def _load(args, *, seed):
       f"--batch-size {args.batch_size} must be <= the {len(split.y_train)} "
       "train examples"
     )
+  parts = _limits.run_bytes(
+    args,
+    features=split.x_train.shape[1],
+    classes=split.num_classes,
+    train=len(split.y_train),
+    test=len(split.y_test),
+  )
+  knobs = "--grid, --seeds, --steps" if args.command == "sweep" else "--steps"
+  _limits.check(parts, f"{knobs}, --hidden, --batch-size or the data's size")
   return _data.corrupt_labels(split, args.label_noise, seed=seed)
 
 
@@ -353,7 +399,7 @@ def _train_command(args):
     raise _UsageError(
       f"--first-cycle-steps/--cycle-mult apply to adamwr/sgdwr, not {args.optimizer}"
     )
-  _outputs.check_out(args.out)
+  _outputs.check_out(args.out, overwrite=args.overwrite)
   data = _load(args, seed=args.seed)
   arch = _arch(args)
   adam = args.optimizer in _train.ADAM_TYPE
@@ -406,12 +452,10 @@ def _train_command(args):
     metrics["grad_norm_end_over_middle"] = float(
       np.mean(end) / np.mean(curves["grad_norm"][window])
     )
-    np.savez(
-      os.path.join(tmp, "curves.npz"),
-      **{k: v for k, v in curves.items() if isinstance(v, np.ndarray)},
-    )
+    arrays = {k: v for k, v in curves.items() if isinstance(v, np.ndarray)}
+    np.savez(os.path.join(tmp, "curves.npz"), **arrays)  # pyright: ignore[reportArgumentType]
     if normalized and not restarts:
-      metrics["weight_decay_from_normalized"] = float(recipe.lam())
+      metrics["weight_decay_from_normalized"] = float(recipe.lam())  # type: ignore[arg-type]
     _outputs.write_json(os.path.join(tmp, "metrics.json"), metrics)
     title = (
       f"{args.optimizer}: α={recipe.learning_rate:g}, test accuracy "
@@ -438,7 +482,7 @@ def _sweep_command(args):
     )
   if len(set(names)) != len(names):
     raise _UsageError(f"--optimizers {args.optimizers!r} repeats a name")
-  _outputs.check_out(args.out)
+  _outputs.check_out(args.out, overwrite=args.overwrite)
   data = _load(args, seed=0)
   arch = _arch(args)
   seeds = list(range(args.seeds))
@@ -447,11 +491,12 @@ def _sweep_command(args):
     train_examples=len(data.y_train), test_examples=len(data.y_test), seeds=seeds
   )
   n_lr, n_wd = args.grid
+  wd_range: tuple[float, float] = args.wd_range or _WD_RANGE
   if args.budgets:
     study = _studies.budgets(
       args.budgets,
       args.budget_lr,
-      _sweep.log_grid(*(args.wd_range or _WD_RANGE), n_wd),
+      _sweep.log_grid(wd_range[0], wd_range[1], n_wd),
       data,
       arch,
       seeds=seeds,
@@ -459,16 +504,14 @@ def _sweep_command(args):
       settings=settings,
     )
   else:
-    ranges = {
-      name: (
-        _sweep.log_grid(
-          *(args.lr_range or _LR_RANGES["adam" if name.startswith("adam") else "sgd"]),
-          n_lr,
-        ),
-        _sweep.log_grid(*(args.wd_range or _WD_RANGE), n_wd),
+    ranges = {}
+    for name in names:
+      family = "adam" if name.startswith("adam") else "sgd"
+      lr_range: tuple[float, float] = args.lr_range or _LR_RANGES[family]
+      ranges[name] = (
+        _sweep.log_grid(lr_range[0], lr_range[1], n_lr),
+        _sweep.log_grid(wd_range[0], wd_range[1], n_wd),
       )
-      for name in names
-    }
     study = _studies.grid(
       names,
       ranges,
@@ -508,7 +551,8 @@ def _schedule_command(args):
     cycle_mult=args.cycle_mult,
     warmup_steps=args.warmup_steps,
   )
-  _outputs.check_out(args.out)
+  _outputs.check_out(args.out, overwrite=args.overwrite)
+  _limits.check(_limits.schedule_bytes(args.steps), "--steps")
   steps = np.arange(args.steps)
   eta_t, lam_t = schedule_values(eta, steps), schedule_values(lam, steps)
   cycle = schedule_values(
@@ -538,15 +582,45 @@ _COMMANDS = {
 }
 
 
+#: What the ``examples`` extra installs, by import name.
+_EXTRA = ("flax", "sklearn", "matplotlib", "tqdm")
+
+
 def main(argv=None) -> int:
-  """Runs the command line; returns the exit status (0, or 2 on bad input)."""
+  """Runs the command line; returns the exit status.
+
+  0 on success; 2 with one line on stderr for bad input or an ``--out`` that
+  cannot be used; 1 with one line when the ``examples`` extra is missing; 130
+  (Ctrl-C) and 143 (SIGTERM), with nothing left behind.
+  """
+  as_program = argv is None  # not called from Python: own the signals
   argv = sys.argv[1:] if argv is None else list(argv)
   command = next((a for a in argv if a in _COMMANDS), None)
   prog = "optax-decoupled" + (f" {command}" if command else "")
-  try:
-    args = _parser().parse_args(argv)
-    return _COMMANDS[args.command](args)
-  except ValueError as error:
-    message = " ".join(str(error).split())
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
+  signals = _outputs.on_signals(prog) if as_program else contextlib.nullcontext()
+  with signals:
+    try:
+      args = _parser().parse_args(argv)
+      return _COMMANDS[args.command](args)
+    except ValueError as error:
+      message = " ".join(str(error).split())
+      print(f"{prog}: error: {message}", file=sys.stderr)
+      return 2
+    except ModuleNotFoundError as error:
+      if (error.name or "").split(".")[0] not in _EXTRA:
+        raise
+      print(
+        f"{prog}: error: the command line needs the 'examples' extra "
+        f"({error.name} is not installed): "
+        "pip install 'optax-decoupled[examples]'",
+        file=sys.stderr,
+      )
+      return 1
+    except OSError as error:  # e.g. the disk filled up: nothing half-written stays
+      print(f"{prog}: error: {error}; nothing was written", file=sys.stderr)
+      return 1
+    except KeyboardInterrupt:  # a signal handler other than ours was active
+      print(f"{prog}: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
+      return 130
+    finally:
+      _outputs.release()

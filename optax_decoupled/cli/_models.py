@@ -63,12 +63,13 @@ class MLP(nnx.Module):
     self.out = nnx.Linear(sizes[-1], classes, rngs=rngs)
 
   def __call__(self, x, *, use_running_average: bool = False):
-    for i, layer in enumerate(self.hidden):
+    norms = list(self.norms) or [None] * len(self.hidden)
+    for layer, norm in zip(self.hidden, norms, strict=True):
       x = layer(x)
-      if self.norm == "bn":
-        x = self.norms[i](x, use_running_average=use_running_average)
-      elif self.norm == "ln":
-        x = self.norms[i](x)
+      if isinstance(norm, nnx.BatchNorm):
+        x = norm(x, use_running_average=use_running_average)
+      elif norm is not None:
+        x = norm(x)
       x = jax.nn.relu(x)
     return self.out(x)
 

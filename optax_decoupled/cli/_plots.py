@@ -69,6 +69,7 @@ def heatmaps(path: str, panels: list[dict]) -> None:
   lowest to the highest error of all panels (a square-root stretch, so the
   good region is resolved; nothing is clipped).
   """
+  from matplotlib import patches
   from matplotlib.colors import PowerNorm
 
   plt = _pyplot()
@@ -93,9 +94,11 @@ def heatmaps(path: str, panels: list[dict]) -> None:
       ink = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w"
       ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color=ink)
     for i, j in enumerate(np.argmin(errors, axis=1)):
-      ax.add_patch(plt.Circle((j, i), 0.42, fill=False, ec="magenta", lw=1.6))
+      ax.add_patch(patches.Circle((j, i), 0.42, fill=False, ec="magenta", lw=1.6))
     i, j = np.unravel_index(np.argmin(errors), errors.shape)
-    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
+    ax.add_patch(
+      patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5)
+    )
     ax.set_xticks(range(len(panel["weight_decays"])))
     ax.set_xticklabels(_ticks(panel["weight_decays"]), rotation=45)
     ax.set_yticks(range(len(panel["learning_rates"])))

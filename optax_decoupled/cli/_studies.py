@@ -23,7 +23,7 @@ class Study:
   payload: dict[str, Any]
   figures: dict[str, Callable[[str], None]]  # file name -> draw(path)
 
-  def write(self, folder: str, write_json: Callable[[str, Any], None]) -> None:
+  def write(self, folder: str, write_json: Callable[[str, Any], Any]) -> None:
     write_json(os.path.join(folder, f"{self.name}.json"), self.payload)
     for file_name, draw in self.figures.items():
       draw(os.path.join(folder, file_name))

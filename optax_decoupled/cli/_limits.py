@@ -1,0 +1,106 @@
+"""Up-front bounds: refuse a run that cannot fit, before it starts.
+
+Integers are bounded by their type (steps are int32 in the optimizer state);
+memory by an estimate of what a run holds at once, compared with the memory
+available now (``MemAvailable``, and the cgroup's limit in a container). The
+estimates are rough (within a small factor) and only refuse runs that are
+clearly too big: the largest allocations scale with what they name.
+"""
+
+from __future__ import annotations
+
+import math
+
+INT32_MAX = 2**31 - 1
+#: Layers are unrolled into the compiled program: compile time grows with
+#: depth (minutes from a few hundred layers on), and the paper's effect shows
+#: in shallow networks.
+MAX_DEPTH = 64
+_F32 = 4
+#: Per step of a ``train`` or ``schedule`` run: the loss, η_t and λ_t curves in
+#: float32 and float64 copies, the step numbers, and matplotlib's copies.
+_PER_STEP = 96
+
+
+def available_bytes() -> int | None:
+  """Memory a new allocation can get now, or None where it cannot be told."""
+  found = []
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          found.append(int(line.split()[1]) * 1024)
+  except (OSError, ValueError, IndexError):
+    pass
+  for limit, usage in (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    (
+      "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+      "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+    ),
+  ):
+    try:
+      with open(limit) as f, open(usage) as g:
+        found.append(int(f.read()) - int(g.read()))
+    except (OSError, ValueError):
+      pass  # absent, or "max" (no limit)
+  return min(found) if found else None
+
+
+def mlp_parameters(features: int, hidden: int, depth: int, classes: int) -> int:
+  sizes = [features] + [hidden] * depth + [classes]
+  return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def _model_bytes(args, features, classes, examples):
+  """Parameters with grads and two moments, and one forward pass over the
+  largest of a batch, the train set and the test set (evaluation is one call)."""
+  hidden, depth = getattr(args, "hidden", 128), getattr(args, "depth", 2)
+  params = mlp_parameters(features, hidden, depth, classes)
+  activations = examples * (hidden * depth + classes) * 2
+  return _F32 * (5 * params + activations)
+
+
+def run_bytes(args, *, features: int, classes: int, train: int, test: int) -> dict:
+  """The estimate for ``args.command`` ("train" or "sweep"), by part."""
+  examples = max(args.batch_size, train, test)
+  parts = {"data": _F32 * (train + test) * (features + 1)}
+  if args.command == "sweep":
+    n_lr, n_wd = args.grid
+    runs = (n_wd if args.budgets else n_lr * n_wd) * args.seeds
+    steps = max(args.budgets) if args.budgets else args.steps
+    parts["model x grid x seeds"] = runs * _model_bytes(
+      args, features, classes, examples
+    )
+    parts["batch indices"] = (runs + args.seeds) * steps * args.batch_size * _F32
+    parts["per-step angular updates"] = runs * steps * _F32
+  else:
+    parts["model"] = _model_bytes(args, features, classes, examples)
+    parts["per-step curves"] = args.steps * _PER_STEP
+  return parts
+
+
+def check(parts: dict, knobs: str) -> None:
+  """Raises ``ValueError`` (one line) if ``parts`` exceed the memory available."""
+  need = sum(parts.values())
+  have = available_bytes()
+  if have is None or need <= 0.8 * have:
+    return
+  largest = max(parts, key=lambda k: parts[k])
+  raise ValueError(
+    f"this run would need about {_size(need)} of memory ({largest}: "
+    f"{_size(parts[largest])}), more than the {_size(have)} available; "
+    f"lower {knobs}"
+  )
+
+
+def schedule_bytes(steps: int) -> dict:
+  return {"per-step curves": steps * _PER_STEP}
+
+
+def _size(n: float) -> str:
+  if n < 2**30:
+    return f"{n / 2**20:.0f} MiB"
+  exponent = min(int(math.log(n, 1024)), 6)
+  unit = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")[exponent]
+  return f"{n / 1024**exponent:.3g} {unit}"
