@@ -208,9 +208,13 @@ def test_bad_data_is_refused_in_one_line(tmp_path, digits, case):
 @pytest.mark.parametrize(
   "argv, expected",
   [
-    (["--test-fraction", "0"], "--test-fraction 0 of 1797 examples gives 0 test"),
-    (["--test-fraction", "0.001"], "at least 10"),
-    (["--train-size", "3"], "--train-size 3"),
+    (
+      ["--dataset", "digits", "--test-fraction", "0"],
+      "--test-fraction 0 of 1797 examples gives 0 test",
+    ),
+    (["--dataset", "digits", "--test-fraction", "0.001"], "at least 10"),
+    (["--dataset", "digits", "--train-size", "3"], "--train-size 3"),
+    (["--train-size", "3"], "--train-size 3 must be >= the 10 classes"),
   ],
 )
 def test_impossible_splits_are_explained_without_scikit_learn_words(
@@ -288,7 +292,7 @@ def test_out_on_another_filesystem_than_its_parent(tmp_path, mount):
   point = mount("volume")
   proc = _cli("train", *QUICK, "--out", point)
   assert proc.returncode == 0, proc.stderr
-  assert sorted(os.listdir(point)) == ["metrics.json", "train.png"]
+  assert sorted(os.listdir(point)) == ["curves.npz", "metrics.json", "train.png"]
   other = mount("other")
   proc = _cli("schedule", "--steps", "50", "--out", other / "a" / "run")
   assert proc.returncode == 0, proc.stderr
@@ -381,7 +385,7 @@ def test_two_concurrent_runs_into_one_out_do_not_both_succeed(tmp_path):
   assert statuses == [0, 2], results
   err = next(e for s, e in results if s == 2)
   assert "another optax-decoupled run" in err or "not empty" in err, err
-  assert sorted(os.listdir(out)) == ["metrics.json", "train.png"]
+  assert sorted(os.listdir(out)) == ["curves.npz", "metrics.json", "train.png"]
 
 
 def _wait_for_lock(proc, out, seconds=60):

@@ -233,6 +233,12 @@ def subsample(split_: Split, train_size: int | None, *, seed: int) -> Split:
   """``train_size`` train examples drawn (stratified) from ``split_``'s train set."""
   if train_size is None or train_size >= len(split_.y_train):
     return split_
+  classes = len(np.unique(split_.y_train))
+  if train_size < classes:
+    raise ValueError(
+      f"--train-size {train_size} must be >= the {classes} classes (one example "
+      "of each, drawn by class)"
+    )
   from sklearn.model_selection import train_test_split
 
   x, _, y, _ = train_test_split(
