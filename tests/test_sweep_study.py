@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 
 import numpy as np
@@ -231,6 +232,16 @@ def test_mnist1d_is_generated_offline_deterministically_and_cached(
   cached = _data.load_mnist1d()
   for a, b in zip(first, cached, strict=True):
     np.testing.assert_array_equal(a, b)
+  # A truncated cache (a run killed while another wrote it) is generated anew.
+  path = _data.mnist1d_cache_path()
+  with open(path, "r+b") as f:
+    f.truncate(100)
+  monkeypatch.setattr(_data, "generate_mnist1d", lambda: again)
+  for a, b in zip(first, _data.load_mnist1d(), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert sorted(p.name for p in (tmp_path / "optax-decoupled").iterdir()) == [
+    os.path.basename(path)
+  ]
 
 
 def test_budget_study_writes_budgets_json_and_png(tmp_path, capsys):

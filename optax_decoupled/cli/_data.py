@@ -90,19 +90,21 @@ def load_mnist1d() -> Split:
   """
   path = mnist1d_cache_path()
   try:
-    with np.load(path, allow_pickle=False) as npz:
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
       return Split(*(npz[k] for k in Split._fields))
-  except (OSError, KeyError, ValueError):
-    pass
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+    pass  # absent, truncated or foreign: generate again
   arrays = Split(*generate_mnist1d())
+  tmp = None
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays._asdict())
     os.replace(tmp, path)
-  except OSError:  # a read-only cache folder only costs the next run ~4 s
-    pass
+  except OSError:  # a read-only or full cache folder only costs the next run ~4 s
+    if tmp is not None and os.path.exists(tmp):
+      os.unlink(tmp)
   return arrays
 
 
