@@ -250,11 +250,16 @@ def test_budget_study_writes_budgets_json_and_png(tmp_path, capsys):
   argv += ["--dataset", "digits", "--train-size", "300", "--hidden", "16"]
   argv += ["--batch-size", "32", "--out", str(out)]
   assert _main.main(argv) == 0
-  assert "slope of log(best wd)" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "slope of log(best wd)" in printed
   study = json.loads((out / "budgets.json").read_text())
   assert [r["steps"] for r in study["runs"]] == [10, 30]
   assert study["weight_decays"] == pytest.approx([1e-5, 10**-2.5, 1.0])
   best = [r["best_weight_decay"] for r in study["runs"]]
+  # A best λ on the grid's edge is flagged, in budgets.json and on screen.
+  edges = [r["best_at_grid_edge"] for r in study["runs"]]
+  assert edges == [b in (1e-5, 1.0) for b in best], (edges, best)
+  assert printed.count("at the grid's edge") == sum(edges), printed
   assert study["slope"] == pytest.approx(
     math.log(best[1] / best[0]) / math.log(3), abs=1e-9
   )

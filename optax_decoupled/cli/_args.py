@@ -97,9 +97,14 @@ def number(text, kind):
 def grid(text):
   """``AxL`` (learning rates x weight decays) or ``N`` for N x N."""
   parts = text.lower().split("x")
-  if len(parts) > 2:
-    raise argparse.ArgumentTypeError(f"{text!r} must be AxL or N")
-  sizes = tuple(positive_int(part.strip()) for part in parts)
+  try:
+    if len(parts) > 2:
+      raise argparse.ArgumentTypeError("too many sizes")
+    sizes = tuple(positive_int(part.strip()) for part in parts)
+  except argparse.ArgumentTypeError:
+    raise argparse.ArgumentTypeError(
+      f"{text!r} must be AxL or N, with integers >= 1"
+    ) from None
   return sizes * 2 if len(sizes) == 1 else sizes
 
 

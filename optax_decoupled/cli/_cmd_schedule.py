@@ -14,16 +14,28 @@ def add_parser(sub) -> None:
     description="Plot odx.cosine_warm_restarts(...) and λ_norm / sqrt(T_i) "
     "over --steps steps to --out/schedule.png; print the restart steps.",
   )
-  p.add_argument("--first-cycle-steps", type=_args.positive_int, default=100)
-  p.add_argument("--cycle-mult", type=_args.positive_float, default=2.0)
-  p.add_argument("--min-value", type=_args.non_negative_float, default=0.0)
-  p.add_argument("--max-value", type=_args.non_negative_float, default=1.0)
-  p.add_argument("--cycle-decay", type=_args.positive_float, default=1.0)
-  p.add_argument("--warmup-steps", type=_args.non_negative_int, default=0)
+  p.add_argument(
+    "--first-cycle-steps", type=_args.positive_int, default=100, help="(%(default)s)"
+  )
+  p.add_argument(
+    "--cycle-mult", type=_args.positive_float, default=2.0, help="(%(default)s)"
+  )
+  p.add_argument(
+    "--min-value", type=_args.non_negative_float, default=0.0, help="(%(default)s)"
+  )
+  p.add_argument(
+    "--max-value", type=_args.non_negative_float, default=1.0, help="(%(default)s)"
+  )
+  p.add_argument(
+    "--cycle-decay", type=_args.positive_float, default=1.0, help="(%(default)s)"
+  )
+  p.add_argument(
+    "--warmup-steps", type=_args.non_negative_int, default=0, help="(%(default)s)"
+  )
   p.add_argument(
     "--normalized-weight-decay", type=_args.non_negative_float, default=0.05
   )
-  p.add_argument("--steps", type=_args.positive_int, default=700)
+  p.add_argument("--steps", type=_args.positive_int, default=700, help="(%(default)s)")
   p.add_argument("--out", default="runs/schedule", help="output folder (%(default)s)")
   _args.add_overwrite(p)
 

@@ -9,6 +9,7 @@ from optax_decoupled.cli import _args, _outputs
 #: reaches λ ≈ 0.3 at small α; AdamW's sits near 3e-3 for every α).
 _LR_RANGES = {"adam": (1e-4, 1e-1), "sgd": (1e-3, 1.0)}
 _WD_RANGE = (1e-5, 1.0)
+_DEFAULT_OPTIMIZERS = "adam_l2,adamw"
 #: α of the budget study: inside AdamW's good rows of the default grid.
 _BUDGET_LR = 1e-2
 
@@ -29,8 +30,8 @@ def add_parser(sub) -> None:
   )
   p.add_argument(
     "--optimizers",
-    default="adam_l2,adamw",
-    help=f"comma list of {','.join(_sweep.SWEEP_OPTIMIZERS)} (%(default)s)",
+    help=f"comma list of {','.join(_sweep.SWEEP_OPTIMIZERS)} "
+    f"(default {_DEFAULT_OPTIMIZERS}; the budget study is AdamW's)",
   )
   p.add_argument(
     "--grid",
@@ -84,11 +85,18 @@ def add_parser(sub) -> None:
 def run(args):
   from optax_decoupled.cli import _studies, _sweep
 
+  if args.budgets and (args.optimizers is not None or args.lr_range is not None):
+    raise _args.UsageError(
+      "--budgets trains AdamW at --budget-lr: --optimizers and --lr-range do "
+      "not apply (only the λ part of --grid and --wd-range do)"
+    )
+  args.optimizers = args.optimizers or _DEFAULT_OPTIMIZERS
   names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
   bad = [n for n in names if n not in _sweep.SWEEP_OPTIMIZERS]
   if not names or bad:
     raise _args.UsageError(
-      f"--optimizers {args.optimizers!r}: unknown {bad or 'empty list'}; "
+      f"--optimizers {args.optimizers!r}: "
+      f"{f'unknown {bad}' if bad else 'no optimizer named'}; "
       f"choose from {','.join(_sweep.SWEEP_OPTIMIZERS)}"
     )
   if len(set(names)) != len(names):

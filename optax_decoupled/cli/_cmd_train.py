@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     "train",
     help="train an MLP with one optimizer",
     description="Train a small Flax NNX MLP with one of the paper's "
-    "optimizers; write metrics.json and train.png to --out. Optimizers "
+    "optimizers; write metrics.json, curves.npz and train.png to --out. Optimizers "
     "without restarts anneal η_t by one cosine over the run; adamwr/sgdwr "
     "restart (cycles of --first-cycle-steps, growing by --cycle-mult).",
   )

@@ -50,7 +50,7 @@ def grid(
   rows, timing, summary = [], {}, {}
   for name in names:
     lrs, wds = ranges[name]
-    print(f"{name}: {len(lrs)}x{len(wds)} grid x {len(seeds)} seeds ...", flush=True)
+    print(f"{name}: {len(lrs)}x{len(wds)} grid x {len(seeds)} seed(s) ...", flush=True)
     result = _sweep.sweep(
       name,
       data,
@@ -157,8 +157,9 @@ def _report(name: str, summary: dict, timing: dict, steps: int) -> list[str]:
       f"equilibrium reached for wd >= {eq['min_weight_decay']:.0e} (steps >= "
       f"{_summary.EQUILIBRIUM_FACTOR:g}/(η̄ wd)); there the measured angular "
       f"update is {eq['ratio_median']:.2f}x the prediction "
-      f"(range {eq['ratio_min']:.2f}-{eq['ratio_max']:.2f}); smaller wd: "
-      "too few steps to equilibrate"
+      f"(range {eq['ratio_min']:.2f}-{eq['ratio_max']:.2f}: the low end are "
+      "runs that start far from their equilibrium norm); smaller wd: too few "
+      "steps to equilibrate"
       + (
         f"; {eq['diverged_cells']} diverged cells left out"
         if eq["diverged_cells"]
@@ -183,7 +184,7 @@ def budgets(
   log steps, next to normalized weight decay's −0.5."""
   runs = []
   for steps in budgets_:
-    print(f"adamw, {steps} steps: {len(weight_decays)} wd x {len(seeds)} seeds ...")
+    print(f"adamw, {steps} steps: {len(weight_decays)} wd x {len(seeds)} seed(s) ...")
     arrays, seconds, _ = _sweep.run_grid(
       "adamw",
       data,
@@ -196,13 +197,18 @@ def budgets(
     )
     errors = arrays["test_error"].mean(axis=-1)[0]
     best = _summary.refined_minimum(weight_decays, errors)
-    print(f"  best wd {best:.2e} (test error {errors.min():.4f}; {seconds:.1f} s)")
+    edge = int(np.argmin(errors)) in (0, len(errors) - 1)
+    print(
+      f"  best wd {best:.2e} (test error {errors.min():.4f}; {seconds:.1f} s)"
+      + ("; at the grid's edge: widen --wd-range" if edge else "")
+    )
     runs.append(
       {
         "steps": steps,
         "test_error": [float(e) for e in errors],
         "best_weight_decay": best,
         "best_test_error": float(errors.min()),
+        "best_at_grid_edge": edge,
         "vmapped_seconds": seconds,
       }
     )
