@@ -103,6 +103,13 @@ def test_refined_minimum_finds_a_parabola_vertex_between_grid_points():
   assert _summary.refined_minimum(wds, np.arange(11.0)) == 1e-5
 
 
+def test_best_at_edge_flags_only_the_first_and_last_grid_points():
+  assert _summary.best_at_edge([0.1, 0.2, 0.3]) and _summary.best_at_edge(
+    [0.3, 0.2, 0.1]
+  )
+  assert not _summary.best_at_edge([0.3, 0.1, 0.2])
+
+
 def test_budget_slope_is_minus_half_for_normalized_decay():
   steps = [750, 1500, 3000, 6000]
   assert _summary.budget_slope(steps, [0.05 / math.sqrt(t) for t in steps]) == (

@@ -197,7 +197,7 @@ def budgets(
     )
     errors = arrays["test_error"].mean(axis=-1)[0]
     best = _summary.refined_minimum(weight_decays, errors)
-    edge = int(np.argmin(errors)) in (0, len(errors) - 1)
+    edge = _summary.best_at_edge(errors)
     print(
       f"  best wd {best:.2e} (test error {errors.min():.4f}; {seconds:.1f} s)"
       + ("; at the grid's edge: widen --wd-range" if edge else "")

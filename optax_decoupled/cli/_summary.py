@@ -105,6 +105,13 @@ def budget_slope(budgets: list[int], best_wds: list[float]) -> float:
   return float(slope)
 
 
+def best_at_edge(errors) -> bool:
+  """Whether the lowest error sits on the first or last grid point (so the
+  true best may lie outside the grid)."""
+  k = int(np.argmin(errors))
+  return k in (0, len(errors) - 1)
+
+
 def refined_minimum(weight_decays, errors) -> float:
   """The best λ on a log grid, refined by a parabola through the best point
   and its two neighbours in log λ (the grid point itself at an edge)."""
