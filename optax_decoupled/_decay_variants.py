@@ -105,8 +105,15 @@ def correction(eta_t: jax.Array, peak: Any) -> jax.Array:
 def cautious_gate(update: jax.Array, param: jax.Array) -> jax.Array:
   """True where ``update · param <= 0``: the step moves the weight toward zero.
 
+  For complex leaves the product is the real inner product of the two
+  complex numbers, ``Re(u conj(θ))``.
+
   Compares signs, not the product, so a bf16 product cannot overflow or
   underflow to a wrong answer; a zero update or weight counts as aligned (the
   entry is decayed), as in optax.contrib's ``add_cautious_weight_decay``.
   """
+  if jnp.iscomplexobj(update) or jnp.iscomplexobj(param):
+    # θ moves toward zero when Re(u · conj(θ)) = Re u Re θ + Im u Im θ <= 0.
+    u, p = jnp.asarray(update), jnp.asarray(param)
+    return jnp.real(u) * jnp.real(p) + jnp.imag(u) * jnp.imag(p) <= 0
   return jnp.sign(update) * jnp.sign(param).astype(update.dtype) <= 0

@@ -91,11 +91,16 @@ def angular_update(params: Any, new_params: Any) -> Any:
 
   def leaf(p, q):
     p, q = jnp.asarray(p), jnp.asarray(q)
-    dtype = jnp.float64 if p.dtype == jnp.float64 else jnp.float32
+    # At least float32; complex leaves stay complex (their norm is of |θ|).
+    if jnp.iscomplexobj(p):
+      dtype = jnp.complex128 if p.dtype == jnp.complex128 else jnp.complex64
+    else:
+      dtype = jnp.float64 if p.dtype == jnp.float64 else jnp.float32
+    real = jnp.finfo(dtype).dtype
     p, q = p.astype(dtype), q.astype(dtype)
-    step = jnp.sqrt(jnp.sum(jnp.square(q - p)))
-    norm = jnp.sqrt(jnp.sum(jnp.square(p)))
-    return jnp.where(norm > 0, step / jnp.where(norm > 0, norm, 1), 0).astype(dtype)
+    step = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(q - p))))
+    norm = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(p))))
+    return jnp.where(norm > 0, step / jnp.where(norm > 0, norm, 1), 0).astype(real)
 
   return jax.tree.map(leaf, params, new_params)
 

@@ -275,3 +275,46 @@ def test_with_peak_bad_input():
     with pytest.raises(ValueError) as info:
       odx.with_peak(lambda c: 1.0, peak)
     assert f"peak={peak!r}" in str(info.value), str(info.value)
+
+
+def test_cautious_on_complex_leaves_uses_the_real_inner_product():
+  """θ = i: an update +i moves it away from zero (not decayed), -i toward
+  zero (decayed), and 1 is orthogonal (Re(u conj θ) = 0: decayed)."""
+  tx = odx.add_decoupled_weight_decay(0.5, cautious=True)
+  theta = jnp.array([1j, 1j, 1j], jnp.complex64)
+  u = jnp.array([1j, -1j, 1.0], jnp.complex64)
+  out, _ = tx.update(u, tx.init(theta), theta)
+  np.testing.assert_allclose(out, [1j, -1j - 0.5j, 1.0 - 0.5j], rtol=1e-6)
+
+
+def test_corrected_under_inject_hyperparams_matches_over_several_steps():
+  """Over steps where η_t < η_max the correction matters: inject_hyperparams
+  with schedule_peak follows the direct optimizer, and both differ from the
+  uncorrected one."""
+  eta = odx.cosine_warm_restarts(10, max_value=2.0)
+  p0 = _f32(PARAMS)
+  g = _f32({k: v[0] for k, v in GRADS.items()})
+  kw = dict(weight_decay=0.05, schedule_multiplier=eta)
+  runs = {
+    "inject": optax.inject_hyperparams(odx.adamw)(
+      0.1, **kw, corrected=True, schedule_peak=2.0
+    ),
+    "direct": odx.adamw(0.1, **kw, corrected=True),
+    "plain": odx.adamw(0.1, **kw),
+  }
+  finals = {}
+  for name, tx in runs.items():
+    p, state = p0, tx.init(p0)
+    for _ in range(6):
+      u, state = tx.update(g, state, p)
+      p = optax.apply_updates(p, u)
+    finals[name] = p
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+    finals["inject"],
+    finals["direct"],
+  )
+  differs = jax.tree.map(
+    lambda a, b: not np.allclose(a, b, rtol=1e-4), finals["direct"], finals["plain"]
+  )
+  assert any(jax.tree.leaves(differs)), finals

@@ -199,3 +199,9 @@ def test_relaxation_time_from_a_large_kernel(optimizer):
   fitted = -1 / slope
   assert window.sum() > 20, window.sum()
   assert abs(fitted / tau - 1) < 0.25, (fitted, tau)
+
+
+def test_angular_update_of_complex_leaves_counts_the_imaginary_part():
+  """|(1+1j) - 1| / |1| = 1; a float64 leaf is measured in float64."""
+  got = odx.angular_update({"w": jnp.array([1 + 0j])}, {"w": jnp.array([1 + 1j])})
+  assert float(got["w"]) == pytest.approx(1.0) and got["w"].dtype == jnp.float32
