@@ -202,8 +202,17 @@ def test_sweep_variant_cell_equals_a_train_run_alone(tmp_path, optimizer):
   argv = ["sweep", "--optimizers", optimizer, "--grid", "1", "--seeds", "1"]
   argv += ["--lr-range", "0.05,0.05", "--wd-range", "0.3,0.3", "--steps", "30"]
   argv += ["--dataset", "digits", "--train-size", "300", "--hidden", "16"]
+  argv += ["--sequential-configs", "2"]  # one config: nothing to time against
   assert _cli.main([*argv, "--batch-size", "32", "--out", str(out)]) == 0
-  (row,) = json.loads((out / "sweep.json").read_text())["rows"]
+  sweep = json.loads((out / "sweep.json").read_text())
+  (row,) = sweep["rows"]
+  assert "sequential_configs_timed" not in sweep["timing"][optimizer]
+  # The equilibrium prediction uses the variant's decay: λ η_t / η_max per
+  # step for a corrected one (η_max = 1), λ for a cautious one.
+  eta = 0.5 * (1 + np.cos(np.pi * np.arange(30) / 30))[7:22]
+  lam = 0.3 * (eta if optimizer.endswith("corrected") else 1.0)
+  expected = np.mean(np.sqrt(2 * lam * eta * 0.1 / 1.9))
+  assert row["predicted_angular_update"] == pytest.approx(expected, rel=1e-5)
   x, y = _data.load_digits()
   data = _data.split(x, y, seed=0, test_fraction=0.25, train_size=300)
   arch = _models.Architecture("bn", hidden=16, depth=2)

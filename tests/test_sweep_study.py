@@ -69,6 +69,20 @@ def test_summary_of_a_hand_built_sweep_json(tmp_path):
   assert summary["transfer_regret"] == pytest.approx(0.075)
 
 
+def test_a_missing_error_counts_as_the_worst():
+  """A null test error (a run with no finite result) is never the best cell,
+  never a row's best λ, and never the refined minimum."""
+  rows = _rows()
+  for r in rows:
+    if r["learning_rate"] == 1e-2 and r["weight_decay"] == 1e-3:
+      r["test_error"] = None  # was the grid's best, 0.20
+  summary = _summary.summarize(rows, "adamw")
+  assert summary["best"]["test_error"] == 0.25, summary["best"]
+  assert summary["best_weight_decay_per_lr"][1]["weight_decay"] == 1e-2
+  assert _summary.refined_minimum(WDS, [0.3, float("nan"), 0.25, 0.4]) != WDS[1]
+  assert not _summary.best_at_edge([float("nan"), 0.3, 0.4])
+
+
 def test_summary_refuses_rows_that_are_not_a_grid():
   rows = _rows()[1:]
   with pytest.raises(ValueError, match="adamw rows do not fill"):
@@ -261,6 +275,7 @@ def test_budget_study_writes_budgets_json_and_png(tmp_path, capsys):
   assert "slope of log(best wd)" in printed
   study = json.loads((out / "budgets.json").read_text())
   assert [r["steps"] for r in study["runs"]] == [10, 30]
+  assert study["settings"]["optimizers"] == "adamw"
   assert study["weight_decays"] == pytest.approx([1e-5, 10**-2.5, 1.0])
   best = [r["best_weight_decay"] for r in study["runs"]]
   # A best λ on the grid's edge is flagged, in budgets.json and on screen.

@@ -90,7 +90,8 @@ def run(args):
       "--budgets trains AdamW at --budget-lr: --optimizers and --lr-range do "
       "not apply (only the λ part of --grid and --wd-range do)"
     )
-  args.optimizers = args.optimizers or _DEFAULT_OPTIMIZERS
+  # The budget study is AdamW's, and sweep.json / budgets.json record that.
+  args.optimizers = "adamw" if args.budgets else args.optimizers or _DEFAULT_OPTIMIZERS
   names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
   bad = [n for n in names if n not in _sweep.SWEEP_OPTIMIZERS]
   if not names or bad:

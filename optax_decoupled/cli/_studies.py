@@ -30,8 +30,9 @@ class Study:
 
 
 def _mean_eta(optimizer: str, steps: int) -> float:
-  recipe = _train.Recipe(optimizer, 0.0, 0.0, steps, 1, 1)
-  return float(_train.schedule_values(recipe.eta(), np.arange(steps)).mean())
+  """The run's mean decay rate per unit λ: η_t, times η_t/η_max if corrected."""
+  recipe = _train.Recipe(optimizer, 0.0, 1.0, steps, 1, 1)
+  return float(recipe.effective_decay(np.arange(steps)).mean())
 
 
 def grid(

@@ -47,6 +47,7 @@ def summarize(rows: list[dict], optimizer: str) -> dict[str, Any]:
     minus the row's own best error.
   """
   lrs, wds, errors = grid(rows, optimizer)
+  errors = _worst_if_missing(errors)
   i, j = np.unravel_index(np.argmin(errors), errors.shape)
   best_per_row = errors.min(axis=1)
   best_wd = wds[errors.argmin(axis=1)]
@@ -105,10 +106,16 @@ def budget_slope(budgets: list[int], best_wds: list[float]) -> float:
   return float(slope)
 
 
+def _worst_if_missing(errors) -> np.ndarray:
+  """A missing (null, not finite) error counts as the worst possible."""
+  errors = np.asarray(errors, np.float64)
+  return np.where(np.isnan(errors), np.inf, errors)
+
+
 def best_at_edge(errors) -> bool:
   """Whether the lowest error sits on the first or last grid point (so the
   true best may lie outside the grid)."""
-  k = int(np.argmin(errors))
+  k = int(np.argmin(_worst_if_missing(errors)))
   return k in (0, len(errors) - 1)
 
 
@@ -116,7 +123,7 @@ def refined_minimum(weight_decays, errors) -> float:
   """The best λ on a log grid, refined by a parabola through the best point
   and its two neighbours in log λ (the grid point itself at an edge)."""
   logs = np.log10(np.asarray(weight_decays, np.float64))
-  errors = np.asarray(errors, np.float64)
+  errors = _worst_if_missing(errors)
   k = int(np.argmin(errors))
   if k == 0 or k == len(errors) - 1:
     return float(10 ** logs[k])

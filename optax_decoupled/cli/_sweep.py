@@ -224,12 +224,15 @@ def sweep(
     batch_size=batch_size,
   )
   timing: dict[str, Any] = {"configs": num_configs, "vmapped_seconds": seconds}
-  if sequential_configs:
+  if sequential_configs and num_configs > 1:  # one config: nothing to compare
     timing.update(
       time_one_at_a_time(summarized, config, num_configs, sequential_configs)
     )
-  eta = _train.Recipe(optimizer, 0.0, 0.0, steps, batch_size, 1).eta()
-  eta_window = _train.schedule_values(eta, np.arange(steps))[_train.angle_window(steps)]
+  # η_t, and λ_t per unit λ (η_t / η_max for a corrected decay), over the window.
+  unit = _train.Recipe(optimizer, 0.0, 1.0, steps, batch_size, 1)
+  window = _train.angle_window(steps)
+  eta_window = _train.schedule_values(unit.eta(), np.arange(steps))[window]
+  lam_window = unit.lam_values(np.arange(steps))[window]
   rows = []
   for (i, a), (j, w) in itertools.product(
     enumerate(learning_rates), enumerate(weight_decays)
@@ -240,7 +243,7 @@ def sweep(
       row[f"{key}_per_seed"] = [_finite_or_none(v) for v in values[i, j]]
     if optimizer in _train.DECOUPLED:
       row["predicted_angular_update"] = float(
-        np.mean(_train.equilibrium_angular_update(float(w), eta_window))
+        np.mean(_train.equilibrium_angular_update(float(w) * lam_window, eta_window))
       )
     rows.append(row)
   return {"rows": rows, "timing": timing}
