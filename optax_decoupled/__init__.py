@@ -14,6 +14,8 @@ from optax_decoupled._alias import sgd_l2 as sgd_l2
 from optax_decoupled._alias import sgdw as sgdw
 from optax_decoupled._alias import sgdwr as sgdwr
 from optax_decoupled._checkpoint import check_restore_target as check_restore_target
+from optax_decoupled._compensation import CompensationState as CompensationState
+from optax_decoupled._compensation import compensate_rounding as compensate_rounding
 from optax_decoupled._conventions import (
   weight_decay_from_timescale as weight_decay_from_timescale,
 )
@@ -62,6 +64,7 @@ __version__ = "0.1.0"
 __all__ = (
   "DEFAULT_WEIGHT_DECAY",
   "AddL2State",
+  "CompensationState",
   "DecoupledWeightDecayState",
   "FlattenSmallLeavesState",
   "adam_l2",
@@ -72,6 +75,7 @@ __all__ = (
   "all_of",
   "angular_update",
   "check_restore_target",
+  "compensate_rounding",
   "cosine_warm_restarts",
   "describe_mask",
   "equilibrium_angular_update",

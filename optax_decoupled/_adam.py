@@ -87,7 +87,7 @@ def scale_by_adam(
 
     def leaf(g, m, v):
       g = jnp.asarray(g)
-      dt = _compute_dtype(g.dtype)  # complex for complex leaves
+      dt = compute_dtype(g.dtype)  # complex for complex leaves
       rt = jnp.finfo(dt).dtype  # its real counterpart
       complex_leaf = jnp.issubdtype(dt, jnp.complexfloating)
       beta1, beta2 = jnp.asarray(b1, rt), jnp.asarray(b2, rt)
@@ -136,7 +136,7 @@ def scale_by_adam(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _compute_dtype(dtype: Any) -> Any:
+def compute_dtype(dtype: Any) -> Any:
   """The dtype the step is computed in: ``dtype``, at least 32 bits."""
   # promote_types would raise under strict promotion.
   if jnp.finfo(dtype).bits >= 32:

@@ -1,9 +1,10 @@
 """The paper's optimizers: AdamW, SGDW, their warm-restart forms and L2 baselines."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from optax_decoupled import _checks
+from optax_decoupled import _checks, _compensation
 from optax_decoupled._adam import scale_by_adam
 from optax_decoupled._masks import Mask
 from optax_decoupled._schedules import (
@@ -30,13 +31,47 @@ def _scale_by_rate(learning_rate, schedule_multiplier, sign: float):
     _checks.check_non_negative("schedule_multiplier", schedule_multiplier)
   alpha = as_schedule(learning_rate)
   eta = as_schedule(1.0 if schedule_multiplier is None else schedule_multiplier)
-  return optax.scale_by_schedule(lambda count: sign * alpha(count) * eta(count))
+  inner = optax.scale_by_schedule(lambda count: sign * alpha(count) * eta(count))
+
+  def update_fn(updates, state, params=None):
+    # optax reads g.dtype: a Python-scalar gradient (as optax.sgd takes) as an array.
+    updates = jax.tree.map(
+      lambda g: g if g is None else jnp.asarray(g), updates, is_leaf=lambda g: g is None
+    )
+    return inner.update(updates, state, params)
+
+  return optax.GradientTransformation(inner.init, update_fn)
 
 
 def _momentum(momentum, nesterov):
   _checks.check_unit_interval("momentum", momentum)
   _checks.check_flag("nesterov", nesterov)
   return trace(momentum, nesterov=nesterov)
+
+
+def _assemble(head, tail, *, compensation, seed, name, per_step=None, mask=None):
+  """``chain(*head, *tail)``, ended by the compensation of rounding.
+
+  With a compensation, updates leave ``head`` (the preconditioner) as float32
+  on low-precision leaves and are rounded once, by
+  :func:`compensate_rounding`. Without one, ``init`` warns when the decay
+  ``per_step`` (``η_max λ``) rounds away on a low-precision leaf.
+  """
+  _compensation.check_compensation(compensation, seed)
+  if compensation is not None:
+    return optax.chain(
+      *head,
+      _compensation.carry_in_float32(),
+      *tail,
+      _compensation.compensate_rounding(compensation, seed=seed),
+    )
+  tx = optax.chain(*head, *tail)
+
+  def init_fn(params):
+    _compensation.warn_if_decay_rounds_away(params, per_step, mask, name)
+    return tx.init(params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
 
 def adamw(
@@ -55,6 +90,8 @@ def adamw(
   cautious: bool = False,
   corrected: bool = False,
   schedule_peak: jax.typing.ArrayLike | None = None,
+  compensation: str | None = "auto",
+  seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW exactly as in the paper (Algorithm 2, decoupled weight decay).
 
@@ -119,25 +156,32 @@ def adamw(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
-  return optax.chain(
-    scale_by_adam(
-      b1=b1,
-      b2=b2,
-      eps=eps,
-      eps_root=eps_root,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      nesterov=nesterov,
-    ),
-    _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
-    add_decoupled_weight_decay(
-      weight_decay,
-      schedule_multiplier,
-      mask,
-      cautious=cautious,
-      corrected=corrected,
-      schedule_peak=schedule_peak,
-    ),
+  decay = add_decoupled_weight_decay(
+    weight_decay,
+    schedule_multiplier,
+    mask,
+    cautious=cautious,
+    corrected=corrected,
+    schedule_peak=schedule_peak,
+  )
+  return _assemble(
+    [
+      scale_by_adam(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        nesterov=nesterov,
+      )
+    ],
+    [_scale_by_rate(learning_rate, schedule_multiplier, -1.0), decay],
+    compensation=compensation,
+    seed=seed,
+    name="adamw",
+    per_step=_compensation.decay_per_step(weight_decay, schedule_multiplier),
+    mask=mask,
   )
 
 
@@ -154,6 +198,8 @@ def adam_l2(
   mu_dtype: jax.typing.DTypeLike | None = None,
   nu_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
+  compensation: str | None = "auto",
+  seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with L2 regularization, the paper's baseline (Algorithm 2, "Adam").
 
@@ -175,18 +221,23 @@ def adam_l2(
     >>> updates["w"]  # the L2 gradient alone, normalized by Adam: -α
     Array([-0.001, -0.001, -0.001], dtype=float32)
   """
-  return optax.chain(
-    add_l2(weight_decay, mask),
-    scale_by_adam(
-      b1=b1,
-      b2=b2,
-      eps=eps,
-      eps_root=eps_root,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      nesterov=nesterov,
-    ),
-    _scale_by_rate(learning_rate, schedule_multiplier, -1.0),
+  return _assemble(
+    [
+      add_l2(weight_decay, mask),
+      scale_by_adam(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        nesterov=nesterov,
+      ),
+    ],
+    [_scale_by_rate(learning_rate, schedule_multiplier, -1.0)],
+    compensation=compensation,
+    seed=seed,
+    name="adam_l2",
   )
 
 
@@ -201,6 +252,8 @@ def sgdw(
   cautious: bool = False,
   corrected: bool = False,
   schedule_peak: jax.typing.ArrayLike | None = None,
+  compensation: str | None = "auto",
+  seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (Algorithm 1, "SGDW").
 
@@ -235,18 +288,26 @@ def sgdw(
     >>> updates["w"]  # -α g - λ θ
     Array([-0.11, -0.11], dtype=float32)
   """
-  return optax.chain(
-    _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
-    _momentum(momentum, nesterov),
-    optax.scale(-1.0),
-    add_decoupled_weight_decay(
-      weight_decay,
-      schedule_multiplier,
-      mask,
-      cautious=cautious,
-      corrected=corrected,
-      schedule_peak=schedule_peak,
-    ),
+  decay = add_decoupled_weight_decay(
+    weight_decay,
+    schedule_multiplier,
+    mask,
+    cautious=cautious,
+    corrected=corrected,
+    schedule_peak=schedule_peak,
+  )
+  return _assemble(
+    [
+      _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
+      _momentum(momentum, nesterov),
+      optax.scale(-1.0),
+    ],
+    [decay],
+    compensation=compensation,
+    seed=seed,
+    name="sgdw",
+    per_step=_compensation.decay_per_step(weight_decay, schedule_multiplier),
+    mask=mask,
   )
 
 
@@ -258,6 +319,8 @@ def sgd_l2(
   schedule_multiplier: optax.Schedule | None = None,
   mask: Mask | None = None,
   nesterov: bool = False,
+  compensation: str | None = "auto",
+  seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and L2 regularization (Algorithm 1, "SGD").
 
@@ -277,11 +340,17 @@ def sgd_l2(
     >>> updates["w"]  # -α (g + λ θ)
     Array([-0.101, -0.101], dtype=float32)
   """
-  return optax.chain(
-    add_l2(weight_decay, mask),
-    _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
-    _momentum(momentum, nesterov),
-    optax.scale(-1.0),
+  return _assemble(
+    [
+      add_l2(weight_decay, mask),
+      _scale_by_rate(learning_rate, schedule_multiplier, 1.0),
+      _momentum(momentum, nesterov),
+      optax.scale(-1.0),
+    ],
+    [],
+    compensation=compensation,
+    seed=seed,
+    name="sgd_l2",
   )
 
 
@@ -353,6 +422,8 @@ def adamwr(
   normalize_weight_decay: bool = False,
   cautious: bool = False,
   corrected: bool = False,
+  compensation: str | None = "auto",
+  seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamWR: :func:`adamw` with SGDR's cosine warm restarts as ``η_t``.
   {restart_doc}
@@ -390,6 +461,8 @@ def adamwr(
     nesterov=nesterov,
     cautious=cautious,
     corrected=corrected,
+    compensation=compensation,
+    seed=seed,
   )
 
 
@@ -409,6 +482,8 @@ def sgdwr(
   normalize_weight_decay: bool = False,
   cautious: bool = False,
   corrected: bool = False,
+  compensation: str | None = "auto",
+  seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformationExtraArgs:
   """SGDWR: :func:`sgdw` with SGDR's cosine warm restarts as ``η_t``.
   {restart_doc}
@@ -439,6 +514,8 @@ def sgdwr(
     nesterov=nesterov,
     cautious=cautious,
     corrected=corrected,
+    compensation=compensation,
+    seed=seed,
   )
 
 
@@ -450,6 +527,13 @@ _VARIANTS_DOC = """    cautious: decay entry ``i`` only where the {step} step ``
     schedule_peak: ``η_max`` for ``corrected=True`` (> 0); needed only when
       ``schedule_multiplier`` is a schedule that does not carry its peak
       (:func:`cosine_warm_restarts` and :func:`with_peak` do).
+    compensation: how the update survives rounding to low-precision
+      parameters (:func:`compensate_rounding`): ``"auto"`` (Kahan on leaves
+      with fewer significand bits than float32; float32, float64 and complex
+      leaves are untouched, bitwise), ``"kahan"`` (every real floating leaf),
+      ``"stochastic"`` or None. With None, ``init`` warns if ``η_max λ`` is
+      below half the spacing of a decayed leaf's dtype (the decay is lost).
+    seed: integer seed of stochastic rounding.
 """
 adamw.__doc__ = (adamw.__doc__ or "").replace(
   "{variants_doc}", _VARIANTS_DOC.format(step="Adam")

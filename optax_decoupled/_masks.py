@@ -199,7 +199,7 @@ def all_of(*masks: Mask) -> MaskFn:
 
   def mask_fn(params):
     trees = [
-      _broadcast_mask(resolve_mask(m, params, f"masks[{i}]"), params)
+      broadcast_mask(resolve_mask(m, params, f"masks[{i}]"), params)
       for i, m in enumerate(masks)
     ]
     return jax.tree.map(_and, *trees)
@@ -216,7 +216,7 @@ def _and(*bits: Any) -> Any:
   return out
 
 
-def _broadcast_mask(mask: Any, params: Any) -> Any:
+def broadcast_mask(mask: Any, params: Any) -> Any:
   """Expands a mask that is a prefix of ``params`` to one entry per leaf.
 
   A bool becomes a Python bool on every leaf below it (a None entry, False);
@@ -252,7 +252,7 @@ def describe_mask(params: Any, mask: Mask | None) -> str:
   check_mask("mask", mask)
   bits = resolve_mask(mask, params)
   bits = jax.tree.map(lambda _: True, params) if bits is None else bits
-  bits = _broadcast_mask(bits, params)
+  bits = broadcast_mask(bits, params)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   flags = jax.tree.leaves(bits)
   rows = [("path", "shape", "dtype", "decay")]

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from optax_decoupled import _checks, _decay_variants
+from optax_decoupled._adam import compute_dtype
 from optax_decoupled._masks import Mask, check_mask, resolve_mask
 
 
@@ -47,7 +48,9 @@ def _add_scaled_params(updates, params, scale, mask, cautious=False):
     u, p = jnp.asarray(u), jnp.asarray(p)
     if isinstance(bit, bool | np.bool_) and not bit:
       return u
-    term = (jnp.asarray(scale, p.dtype) * p).astype(u.dtype)
+    # float32 at least: a bf16 product would round η_t λ to 8 bits first.
+    dt = compute_dtype(p.dtype)
+    term = (jnp.asarray(scale, dt) * p.astype(dt)).astype(u.dtype)
     if cautious:
       term = jnp.where(_decay_variants.cautious_gate(u, p), term, jnp.zeros_like(term))
     new = u + term

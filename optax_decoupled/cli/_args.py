@@ -185,6 +185,36 @@ def add_model_arguments(p, *, hidden, batch_size, steps):
     "the same with LayerNorm; mlp: no normalization, the control. Decayed: "
     "the hidden kernels (bn, ln), every kernel (mlp). Default %(default)s",
   )
+  add_precision_arguments(g)
+
+
+def add_precision_arguments(g):
+  from optax_decoupled.cli import _models
+
+  g.add_argument(
+    "--param-dtype",
+    choices=_models.PARAM_DTYPES,
+    default="float32",
+    help="dtype of the parameters, the optimizer's moments and the model's "
+    "arithmetic (the softmax is float32). Default %(default)s",
+  )
+  g.add_argument(
+    "--compensation",
+    choices=COMPENSATIONS,
+    default="auto",
+    help="how updates survive rounding to low-precision parameters: auto "
+    "(Kahan on bfloat16 leaves, nothing on float32), kahan, stochastic "
+    "(stochastic rounding) or none (updates below half an ulp are lost). "
+    "Default %(default)s",
+  )
+
+
+#: ``--compensation`` values, and the library's ``compensation=`` for each.
+COMPENSATIONS = ("auto", "kahan", "stochastic", "none")
+
+
+def compensation(args) -> str | None:
+  return None if args.compensation == "none" else args.compensation
 
 
 def add_overwrite(p):
@@ -228,4 +258,4 @@ def load(args, *, seed):
 def arch(args):
   from optax_decoupled.cli import _models
 
-  return _models.Architecture(args.model, args.hidden, args.depth)
+  return _models.Architecture(args.model, args.hidden, args.depth, args.param_dtype)

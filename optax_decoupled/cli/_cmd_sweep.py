@@ -122,6 +122,7 @@ def run(args):
       seeds=seeds,
       batch_size=args.batch_size,
       settings=settings,
+      compensation=_args.compensation(args),
     )
   else:
     ranges = {}
@@ -142,6 +143,7 @@ def run(args):
       batch_size=args.batch_size,
       sequential_configs=args.sequential_configs,
       settings=settings,
+      compensation=_args.compensation(args),
     )
   with _outputs.staging(args.out) as tmp:
     study.write(tmp, _outputs.write_json)

@@ -88,6 +88,7 @@ def run(args):
     else None,
     cycle_mult=args.cycle_mult or 2,
     mask=arch.decay_mask(),
+    compensation=_args.compensation(args),
   )
   recipe.tx()  # builds the optimizer: the library's ValueErrors come out here
   with _outputs.staging(args.out) as tmp:

@@ -22,6 +22,8 @@ from flax import nnx
 import optax_decoupled as odx
 
 MODELS = ("bn", "ln", "mlp")
+#: The parameter dtypes of ``--param-dtype`` (parameters, moments, arithmetic).
+PARAM_DTYPES = ("float32", "bfloat16")
 
 #: The kernels that are scale-invariant in the normalized models (and decayed).
 HIDDEN_KERNELS = r"^hidden/\d+/kernel"
@@ -38,7 +40,15 @@ class MLP(nnx.Module):
   """
 
   def __init__(
-    self, features: int, hidden: int, classes: int, depth: int, *, norm: str, rngs
+    self,
+    features: int,
+    hidden: int,
+    classes: int,
+    depth: int,
+    *,
+    norm: str,
+    rngs,
+    dtype: Any = jnp.float32,
   ):
     if norm not in MODELS:
       raise ValueError(f"model={norm!r} must be one of {', '.join(MODELS)}")
@@ -47,7 +57,7 @@ class MLP(nnx.Module):
     sizes = [features] + [hidden] * depth
     self.hidden = nnx.List(
       [
-        nnx.Linear(a, b, use_bias=plain, rngs=rngs)
+        nnx.Linear(a, b, use_bias=plain, dtype=dtype, param_dtype=dtype, rngs=rngs)
         for a, b in zip(sizes[:-1], sizes[1:], strict=True)
       ]
     )
@@ -55,12 +65,25 @@ class MLP(nnx.Module):
       # momentum 0: the stored statistics are those of the last training-mode
       # call, so one call on the whole training set sets them exactly.
       make = lambda: nnx.BatchNorm(
-        hidden, momentum=0.0, use_bias=False, use_scale=False, rngs=rngs
+        hidden,
+        momentum=0.0,
+        use_bias=False,
+        use_scale=False,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
       )
     else:
-      make = lambda: nnx.LayerNorm(hidden, use_bias=False, use_scale=False, rngs=rngs)
+      make = lambda: nnx.LayerNorm(
+        hidden,
+        use_bias=False,
+        use_scale=False,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+      )
     self.norms = nnx.List([make() for _ in range(0 if plain else depth)])
-    self.out = nnx.Linear(sizes[-1], classes, rngs=rngs)
+    self.out = nnx.Linear(sizes[-1], classes, dtype=dtype, param_dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, use_running_average: bool = False):
     norms = list(self.norms) or [None] * len(self.hidden)
@@ -76,28 +99,32 @@ class MLP(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-  """Which MLP: ``norm`` (one of :data:`MODELS`), width and number of hidden layers."""
+  """Which MLP: ``norm`` (one of :data:`MODELS`), width, number of hidden layers,
+  and the dtype of its parameters and arithmetic (:data:`PARAM_DTYPES`)."""
 
   norm: str = "bn"
   hidden: int = 64
   depth: int = 2
+  dtype: str = "float32"
+
+  def _mlp(self, features: int, classes: int, seed: int) -> MLP:
+    return MLP(
+      features,
+      self.hidden,
+      classes,
+      self.depth,
+      norm=self.norm,
+      rngs=nnx.Rngs(seed),
+      dtype=jnp.dtype(self.dtype),
+    )
 
   def make(self, features: int, classes: int, seed: int) -> MLP:
     """The MLP initialized from ``seed`` (in one compiled call, not op by op)."""
-    create = nnx.jit(
-      lambda: MLP(
-        features, self.hidden, classes, self.depth, norm=self.norm, rngs=nnx.Rngs(seed)
-      )
-    )
-    return create()
+    return nnx.jit(lambda: self._mlp(features, classes, seed))()
 
   def graphdef(self, features: int, classes: int):
     """The model's structure, without computing any weights."""
-    model = nnx.eval_shape(
-      lambda: MLP(
-        features, self.hidden, classes, self.depth, norm=self.norm, rngs=nnx.Rngs(0)
-      )
-    )
+    model = nnx.eval_shape(lambda: self._mlp(features, classes, 0))
     return nnx.split(model, nnx.Param, ...)[0]
 
   def decay_mask(self) -> Callable[[Any], Any]:
@@ -120,6 +147,8 @@ def kernel_angular_update(params, new_params) -> jax.Array:
 
 
 def cross_entropy(logits, labels):
+  """Mean cross-entropy, its softmax in float32 whatever the logits' dtype."""
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 

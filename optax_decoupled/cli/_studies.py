@@ -46,6 +46,7 @@ def grid(
   batch_size: int,
   sequential_configs: int,
   settings: dict[str, Any],
+  compensation: str | None = "auto",
 ) -> Study:
   """Every optimizer over its (lr, wd) grid; summary and equilibrium per optimizer."""
   rows, timing, summary = [], {}, {}
@@ -62,6 +63,7 @@ def grid(
       steps=steps,
       batch_size=batch_size,
       sequential_configs=sequential_configs,
+      compensation=compensation,
     )
     rows += result["rows"]
     timing[name] = result["timing"]
@@ -180,6 +182,7 @@ def budgets(
   seeds: list[int],
   batch_size: int,
   settings: dict[str, Any],
+  compensation: str | None = "auto",
 ) -> Study:
   """AdamW over λ at one α for several run lengths; the slope of log λ* vs
   log steps, next to normalized weight decay's −0.5."""
@@ -195,6 +198,7 @@ def budgets(
       seeds,
       steps=steps,
       batch_size=batch_size,
+      compensation=compensation,
     )
     errors = arrays["test_error"].mean(axis=-1)[0]
     best = _summary.refined_minimum(weight_decays, errors)

@@ -37,6 +37,7 @@ def make_run(
   *,
   steps: int,
   batch_size: int,
+  compensation: str | None = "auto",
 ):
   """``run(lr, wd, params, rest, batches) -> (train_loss, test_error, angles)``.
 
@@ -53,7 +54,7 @@ def make_run(
   recipe = _train.Recipe(optimizer, 0.0, 0.0, steps, batch_size, x.shape[0])
   base, flags = _train.OPTIMIZER_TABLE[optimizer]
   factory = optax.inject_hyperparams(
-    base, static_args=("schedule_multiplier", "mask", *flags)
+    base, static_args=("schedule_multiplier", "mask", "compensation", *flags)
   )
 
   def run(learning_rate, weight_decay, params, rest, batches):
@@ -62,6 +63,7 @@ def make_run(
       weight_decay=weight_decay,
       schedule_multiplier=recipe.eta(),
       mask=arch.decay_mask(),
+      compensation=compensation,
       **flags,
     )
 
@@ -118,6 +120,7 @@ def run_grid(
   *,
   steps: int,
   batch_size: int,
+  compensation: str | None = "auto",
 ) -> tuple[dict[str, np.ndarray], float, Any]:
   """Every (lr, wd, seed) in one vmapped program.
 
@@ -133,7 +136,9 @@ def run_grid(
   state = _stack([init_state(data, arch, s) for s in seeds])
   batches = jnp.stack([batch_table(s, steps, n, batch_size) for s in seeds])
   state, batches = jax.tree.map(lambda a: a[which], (state, batches))
-  run = make_run(optimizer, data, arch, steps=steps, batch_size=batch_size)
+  run = make_run(
+    optimizer, data, arch, steps=steps, batch_size=batch_size, compensation=compensation
+  )
 
   window = _train.angle_window(steps)
 
@@ -204,6 +209,7 @@ def sweep(
   steps: int,
   batch_size: int,
   sequential_configs: int = 1,
+  compensation: str | None = "auto",
 ) -> dict[str, Any]:
   """Trains the whole grid at once; returns one row per (lr, wd) and timings.
 
@@ -222,6 +228,7 @@ def sweep(
     seeds,
     steps=steps,
     batch_size=batch_size,
+    compensation=compensation,
   )
   timing: dict[str, Any] = {"configs": num_configs, "vmapped_seconds": seconds}
   if sequential_configs and num_configs > 1:  # one config: nothing to compare

@@ -78,6 +78,7 @@ class Recipe:
   first_cycle_steps: int | None = None
   cycle_mult: int = 2
   mask: Any = None
+  compensation: str | None = "auto"
 
   @property
   def restarts(self) -> bool:
@@ -107,7 +108,7 @@ class Recipe:
 
   def tx(self) -> optax.GradientTransformation:
     factory, flags = OPTIMIZER_TABLE[self.optimizer]
-    factory = functools.partial(factory, **flags)
+    factory = functools.partial(factory, compensation=self.compensation, **flags)
     if self.restarts:
       return factory(
         self.learning_rate,
