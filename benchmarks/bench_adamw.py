@@ -2,6 +2,8 @@
 
     python benchmarks/bench_adamw.py            # full run (a few minutes)
     python benchmarks/bench_adamw.py --quick    # ~1 min: fewer rounds and cases
+    python benchmarks/bench_adamw.py --bf16     # bfloat16 params: what
+                                                # compensated updates cost
 
 Three workloads: one 24M-parameter float32 leaf (past the L3 cache), a
 transformer-like tree (51 leaves, 16.8M parameters) and 1000 leaves of 1000
@@ -44,6 +46,12 @@ def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="fewer rounds, smaller set")
   p.add_argument("--no-one-pass", action="store_true", help="skip the 2nd process")
+  p.add_argument(
+    "--bf16",
+    action="store_true",
+    help="bfloat16 params and moments instead: odx.adamw without compensation, "
+    "with Kahan (the default) and with stochastic rounding, next to optax.adamw",
+  )
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   return p.parse_args()
 
@@ -71,7 +79,7 @@ def tree_shapes(kind):
   return tree
 
 
-def make_tree(kind, seed, scale=1.0):
+def make_tree(kind, seed, scale=1.0, dtype="float32"):
   import jax
   import jax.numpy as jnp
 
@@ -81,7 +89,7 @@ def make_tree(kind, seed, scale=1.0):
   return jax.tree.unflatten(
     treedef,
     [
-      scale * jax.random.normal(k, s, jnp.float32)
+      (scale * jax.random.normal(k, s, jnp.float32)).astype(dtype)
       for k, s in zip(keys, leaves, strict=True)
     ],
   )
@@ -104,7 +112,7 @@ def nbytes(tree):
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def jax_case(name, make_tx, kind, grads):
+def jax_case(name, make_tx, kind, grads, dtype="float32"):
   import jax
   import optax
 
@@ -114,7 +122,7 @@ def jax_case(name, make_tx, kind, grads):
     updates, s = tx.update(g, s, p)
     return optax.apply_updates(p, updates), s
 
-  params = make_tree(kind, 0)
+  params = make_tree(kind, 0, dtype=dtype)
   state = tx.init(params)
   t0 = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
@@ -258,11 +266,34 @@ def optimizers(kind, quick, one_pass):
   return opts
 
 
-def run_workload(kind, quick, one_pass, has_torch):
+def optimizers_bf16():
+  """bfloat16 params (and moments): what each compensation costs."""
+  import optax
+
+  import optax_decoupled as odx
+
+  return [
+    ("optax.adamw", lambda: optax.adamw(LR, weight_decay=WD)),
+    ("odx.adamw none", lambda: odx.adamw(LR, weight_decay=LR * WD, compensation=None)),
+    ("odx.adamw kahan", lambda: odx.adamw(LR, weight_decay=LR * WD)),
+    (
+      "odx.adamw stochastic",
+      lambda: odx.adamw(LR, weight_decay=LR * WD, compensation="stochastic"),
+    ),
+  ]
+
+
+def run_workload(kind, quick, one_pass, has_torch, bf16=False):
   import jax
   import numpy as np
   import optax
 
+  if bf16:
+    grads = make_tree(kind, 1, scale=0.1, dtype="bfloat16")
+    cases = [jax_case(n, f, kind, grads, "bfloat16") for n, f in optimizers_bf16()]
+    measure(cases, 3 if quick else 10, reps=3)
+    med = {c.name: float(np.median(c.times)) for c in cases}
+    return cases, [], med, sum(x.size for x in jax.tree.leaves(grads))
   grads = make_tree(kind, 1, scale=0.1)
   cases = [jax_case(n, f, kind, grads) for n, f in optimizers(kind, quick, one_pass)]
   if has_torch:
@@ -281,6 +312,20 @@ def run_workload(kind, quick, one_pass, has_torch):
 
 def fmt_table(kind, cases, triads, med, n_params, triad_best):
   optax_t = med["optax.adamw"]
+  if "odx.adamw none" in med:  # the bfloat16 run: ratios to no compensation
+    base = med["odx.adamw none"]
+    rows = [
+      f"\n### {kind}: {n_params / 1e6:.1f}M bfloat16 params\n",
+      "| optimizer | median ms | min ms | vs none | vs optax | state MB |",
+      "|---|---:|---:|---:|---:|---:|",
+    ]
+    rows += [
+      f"| {c.name} | {med[c.name] * 1e3:.2f} | {min(c.times) * 1e3:.2f} "
+      f"| {med[c.name] / base:.2f} | {med[c.name] / optax_t:.2f} "
+      f"| {c.state_bytes / 1e6:.1f} |"
+      for c in cases
+    ]
+    return "\n".join(rows)
   torch_t = next((med[c.name] for c in cases if c.name.startswith("torch")), None)
   optax_ct = cases[0].compile_s
   lines = [
@@ -334,7 +379,7 @@ def header(one_pass):
   )
 
 
-def run_all(quick, one_pass):
+def run_all(quick, one_pass, bf16=False):
   try:
     import torch  # noqa: F401
 
@@ -352,8 +397,8 @@ def run_all(quick, one_pass):
     flush=True,
   )
   triad_best = None
-  for kind in ("big", "tfm", "many"):
-    cases, triads, med, n = run_workload(kind, quick, one_pass, has_torch)
+  for kind in ("big", "tfm") if bf16 else ("big", "tfm", "many"):
+    cases, triads, med, n = run_workload(kind, quick, one_pass, has_torch, bf16)
     if triads:
       triad_best = max(c.traffic / med[c.name] / 1e9 for c in triads)
     print(fmt_table(kind, cases, triads, med, n, triad_best), flush=True)
@@ -369,8 +414,8 @@ def main():
   if args.child:
     run_all(args.quick, one_pass=True)
     return
-  run_all(args.quick, one_pass=False)
-  if args.no_one_pass:
+  run_all(args.quick, one_pass=False, bf16=args.bf16)
+  if args.no_one_pass or args.bf16:
     return
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_PASS_FLAG}".strip()

@@ -203,9 +203,8 @@ def train(
     values = {
       "loss": loss,
       "angle": _models.kernel_angular_update(before, nnx.state(model, nnx.Param)),
-      "grad_norm": jnp.linalg.norm(
-        jnp.concatenate([k.ravel() for k in _models.hidden_kernels(grads)])
-      ),
+      "grad_norm": _norm(_models.hidden_kernels(grads)),
+      "kernel_norm": _norm(_models.hidden_kernels(nnx.state(model, nnx.Param))),
     }
     curves = {k: curves[k].at[t].set(v) for k, v in values.items()}
     return nnx.state((model, optimizer)), curves
@@ -218,7 +217,8 @@ def train(
   steps = np.arange(recipe.steps)
   eta = schedule_values(recipe.eta(), steps)
   curves = {
-    k: jnp.zeros([recipe.steps], jnp.float32) for k in ("loss", "angle", "grad_norm")
+    k: jnp.zeros([recipe.steps], jnp.float32)
+    for k in ("loss", "angle", "grad_norm", "kernel_norm")
   }
   chunk = max(1, recipe.steps // 50)
   with tqdm(total=recipe.steps, disable=not progress, desc=recipe.optimizer) as bar:
@@ -246,6 +246,7 @@ def train(
       "batch_loss": np.asarray(curves["loss"]),
       "angular_update": np.asarray(curves["angle"]),
       "grad_norm": np.asarray(curves["grad_norm"]),
+      "kernel_norm": np.asarray(curves["kernel_norm"]),
       "eta": eta,
       "effective_decay": recipe.effective_decay(steps),
       **(
@@ -259,6 +260,13 @@ def train(
       ),
     },
   }
+
+
+def _norm(arrays) -> jax.Array:
+  """The norm of arrays taken together, in float32 (a bf16 sum would round)."""
+  return jnp.linalg.norm(
+    jnp.concatenate([a.astype(jnp.float32).ravel() for a in arrays])
+  )
 
 
 _evaluate = nnx.jit(_models.evaluate)

@@ -1,0 +1,362 @@
+"""What compensated updates keep in bfloat16 and float16, and what they cost.
+
+    python benchmarks/precision.py                 # ~6 min on 2 cores
+    python benchmarks/precision.py --quick         # ~1 min, smaller runs
+
+Writes ``docs/precision.json`` and ``docs/precision.png`` and prints the tables
+of ``docs/precision.md``:
+
+1. **Decay only** (zero gradients, a cosine η_t over 10,000 steps): the
+   distance, in ulps of the parameter's dtype, from the paper's
+   ``θ_0 ∏(1 - η_t λ)`` (float64 closed form), for no compensation, Kahan
+   and stochastic rounding (the mean over 16 seeds, and the worst seed).
+2. **Logistic regression** (2,000 steps of AdamW, bfloat16 parameters, moments
+   in float32 or bfloat16): the relative error of the total change
+   ``θ_T - θ_0`` against float64 Algorithm 2 (``tests/reference.py``).
+3. **Memory**: bytes per parameter, parameters and optimizer state, from the
+   initialized states themselves.
+4. **Training**: the sweep's model on mnist1d at the sweep's best AdamW cell,
+   float32 against pure bfloat16 with each compensation, 3 seeds: test error,
+   and the hidden kernels' norm and angular update over training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+import reference  # noqa: E402
+
+import optax_decoupled as odx  # noqa: E402
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
+MODES = {"none": None, "kahan": "auto", "stochastic": "stochastic"}
+
+
+def ulps(got, exact, dtype):
+  """|got - exact| in units of ``dtype``'s spacing at ``exact``."""
+  rounded = np.abs(np.asarray(exact, np.float64)).astype(dtype)
+  spacing = np.nextafter(rounded, np.asarray(np.inf, dtype)).astype(np.float64)
+  spacing -= rounded.astype(np.float64)
+  return np.abs(np.asarray(got, np.float64) - exact) / spacing
+
+
+def decay_only(steps, seeds):
+  """Max ulps from the closed form per (dtype, λ, mode)."""
+  theta0 = np.linspace(0.5, 2.0, 64)
+  t = np.arange(steps)
+  eta_np = 0.5 * (1 + np.cos(np.pi * t / steps))
+  lams = {
+    "bfloat16": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
+    "float16": [1e-6, 1e-5, 1e-4, 1e-3],
+  }
+  rows = []
+  for name, dtype in DTYPES.items():
+    start = jnp.asarray(theta0, dtype)
+    start64 = np.asarray(start.astype(jnp.float32), np.float64)
+    for mode, compensation in MODES.items():
+
+      def one(lam, seed, compensation=compensation, dtype=dtype, start=start):
+        tx = odx.adamw(
+          1e-3,
+          weight_decay=lam,
+          schedule_multiplier=odx.cosine_warm_restarts(steps),
+          compensation=compensation,
+          seed=seed,
+        )
+
+        def step(carry, _):
+          p, s = carry
+          u, s = tx.update({"w": jnp.zeros_like(p["w"])}, s, p)
+          return (optax.apply_updates(p, u), s), None
+
+        p = {"w": start}
+        return jax.lax.scan(step, (p, tx.init(p)), None, length=steps)[0][0]["w"]
+
+      n_seeds = seeds if mode == "stochastic" else 1
+      run = jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, None)))
+      out = run(jnp.asarray(lams[name], jnp.float32), jnp.arange(n_seeds))
+      out = np.asarray(out.astype(jnp.float32), np.float64)  # (λ, seed, w)
+      for i, lam in enumerate(lams[name]):
+        exact = start64 * np.prod(1 - lam * eta_np)
+        rows.append(
+          {
+            "dtype": name,
+            "lambda": lam,
+            "mode": mode,
+            "exact_ratio": float(np.prod(1 - lam * eta_np)),
+            "max_ulps": float(ulps(out[i], exact, dtype).max()),
+            "mean_over_seeds_max_ulps": float(
+              ulps(out[i].mean(axis=0), exact, dtype).max()
+            ),
+          }
+        )
+  return rows
+
+
+def logistic(steps, seeds):
+  """Relative error of θ_T - θ_0 against float64 Algorithm 2."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(256, 16))
+  y = (x @ rng.normal(size=16) + 0.5 * rng.normal(size=256) > 0).astype(np.float64)
+  theta0 = rng.normal(size=16)
+  alpha, lam = 3e-4, 3e-4
+
+  def grad64(theta):
+    z = 1 / (1 + np.exp(-(x @ theta["w"])))
+    return {"w": x.T @ (z - y) / len(y)}
+
+  eta = lambda s: 0.5 * (1 + np.cos(np.pi * s / steps))  # noqa: E731
+  start = np.asarray(jnp.asarray(theta0, jnp.bfloat16).astype(jnp.float32), np.float64)
+  ref = reference.adam({"w": start}, [grad64] * steps, alpha, lam=lam, eta=eta)
+  want = ref[-1]["w"] - start
+  x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+  def grad(p):
+    z = jax.nn.sigmoid(x32 @ p["w"].astype(jnp.float32))
+    return {"w": (x32.T @ (z - y32) / len(y)).astype(p["w"].dtype)}
+
+  rows = []
+  for moments in ("float32", "bfloat16"):
+    for mode, compensation in MODES.items():
+
+      def one(seed, compensation=compensation, moments=moments):
+        tx = odx.adamw(
+          alpha,
+          weight_decay=lam,
+          schedule_multiplier=odx.cosine_warm_restarts(steps),
+          mu_dtype=moments,
+          nu_dtype=moments,
+          compensation=compensation,
+          seed=seed,
+        )
+
+        def step(carry, _):
+          p, s = carry
+          u, s = tx.update(grad(p), s, p)
+          return (optax.apply_updates(p, u), s), None
+
+        p = {"w": jnp.asarray(theta0, jnp.bfloat16)}
+        return jax.lax.scan(step, (p, tx.init(p)), None, length=steps)[0][0]["w"]
+
+      n = seeds if mode == "stochastic" else 1
+      out = jax.jit(jax.vmap(one))(jnp.arange(n))
+      got = np.asarray(out.astype(jnp.float32), np.float64) - start
+      errors = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want)
+      rows.append(
+        {
+          "moments": moments,
+          "mode": mode,
+          "relative_error": float(np.mean(errors)),
+          "relative_error_spread": float(np.std(errors)),
+        }
+      )
+  return rows
+
+
+def memory():
+  """Bytes per parameter (parameters + optimizer state) on a 1M-element leaf."""
+  n = 1 << 20
+  f32, bf16 = jnp.float32, jnp.bfloat16
+
+  def per_param(params, tx, extra=0):
+    state = jax.eval_shape(tx.init, params)
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, state)))
+    return (total + extra) / n
+
+  p32 = {"w": jax.ShapeDtypeStruct((n,), f32)}
+  p16 = {"w": jax.ShapeDtypeStruct((n,), bf16)}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    rows = [
+      ("float32 params, float32 moments", per_param(p32, odx.adamw(1e-3))),
+      (
+        "float32 master + bfloat16 copy, float32 moments (mixed precision)",
+        per_param(p32, odx.adamw(1e-3), extra=2 * n),
+      ),
+      (
+        "bfloat16 params, float32 moments, Kahan",
+        per_param(p16, odx.adamw(1e-3, mu_dtype=f32, nu_dtype=f32)),
+      ),
+      (
+        "bfloat16 params and moments, no compensation",
+        per_param(p16, odx.adamw(1e-3, compensation=None)),
+      ),
+      ("bfloat16 params and moments, Kahan (default)", per_param(p16, odx.adamw(1e-3))),
+      (
+        "bfloat16 params and moments, stochastic rounding",
+        per_param(p16, odx.adamw(1e-3, compensation="stochastic")),
+      ),
+    ]
+  return [{"setup": s, "bytes_per_parameter": round(b, 3)} for s, b in rows]
+
+
+def training(steps, seeds):
+  """The sweep's model at AdamW's best cell: float32 and pure bfloat16."""
+  from optax_decoupled.cli import _data, _models, _train
+
+  data = _data.load_mnist1d()
+  runs = []
+  settings = [("float32", "auto")] + [
+    ("bfloat16", c) for c in ("none", "auto", "stochastic")
+  ]
+  for dtype, compensation in settings:
+    arch = _models.Architecture("bn", 64, 2, dtype)
+    recipe = _train.Recipe(
+      "adamw",
+      learning_rate=10**-1.5,
+      weight_decay=10**-2.5,
+      steps=steps,
+      batch_size=64,
+      num_examples=len(data.y_train),
+      mask=arch.decay_mask(),
+      compensation=None if compensation == "none" else compensation,
+    )
+    for seed in range(seeds):
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # compensation=None warns, as it should
+        result = _train.train(recipe, data, arch=arch, seed=seed, progress=False)
+      curves = result["curves"]
+      runs.append(
+        {
+          "param_dtype": dtype,
+          "compensation": compensation,
+          "seed": seed,
+          "test_error": 1 - result["test_accuracy"],
+          "kernel_norm": curves["kernel_norm"].tolist(),
+          "angular_update": curves["angular_update"].tolist(),
+        }
+      )
+      print(
+        f"  {dtype:8s} {compensation:10s} seed {seed}: test error "
+        f"{runs[-1]['test_error']:.4f}",
+        flush=True,
+      )
+  return runs
+
+
+def training_summary(runs):
+  out = []
+  for dtype, comp in dict.fromkeys((r["param_dtype"], r["compensation"]) for r in runs):
+    sel = [r for r in runs if (r["param_dtype"], r["compensation"]) == (dtype, comp)]
+    errors = np.array([r["test_error"] for r in sel])
+    norms = np.array([r["kernel_norm"] for r in sel])
+    angles = np.array([r["angular_update"] for r in sel])
+    half = slice(norms.shape[1] // 4, 3 * norms.shape[1] // 4)
+    out.append(
+      {
+        "param_dtype": dtype,
+        "compensation": comp,
+        "test_error_mean": float(errors.mean()),
+        "test_error_std": float(errors.std(ddof=1)) if len(errors) > 1 else 0.0,
+        "kernel_norm_start": float(norms[:, 0].mean()),
+        "kernel_norm_end": float(norms[:, -1].mean()),
+        "angular_update_middle": float(angles[:, half].mean()),
+      }
+    )
+  return out
+
+
+def figure(path, runs):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  colors = {"none": "tab:red", "auto": "tab:blue", "stochastic": "tab:green"}
+  for r in runs:
+    if r["seed"] != 0:
+      continue
+    label = (
+      "float32"
+      if r["param_dtype"] == "float32"
+      else f"bfloat16, {'kahan' if r['compensation'] == 'auto' else r['compensation']}"
+    )
+    style = (
+      dict(color="black", lw=2.5, alpha=0.5)
+      if r["param_dtype"] == "float32"
+      else dict(color=colors[r["compensation"]], lw=1)
+    )
+    axes[0].plot(r["kernel_norm"], label=label, **style)
+    smooth = np.convolve(r["angular_update"], np.ones(50) / 50, mode="valid")
+    axes[1].plot(smooth, label=label, **style)
+  axes[0].set(xlabel="step", ylabel="‖θ‖ of the hidden kernels", title="kernel norm")
+  axes[1].set(
+    xlabel="step",
+    ylabel="‖Δθ‖/‖θ‖ (50-step mean)",
+    yscale="log",
+    title="angular update of the hidden kernels",
+  )
+  axes[0].legend()
+  fig.suptitle("AdamW, α = 3.2e-2, λ = 3.2e-3, mnist1d, BatchNorm MLP, seed 0")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def table(rows, columns):
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  for r in rows:
+    lines.append("| " + " | ".join(str(r[c]) for c in columns) + " |")
+  return "\n".join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--quick", action="store_true", help="smaller runs, ~1 min")
+  p.add_argument("--out", default=os.path.join(HERE, "..", "docs"))
+  args = p.parse_args()
+  started, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+  steps, seeds, train_steps = (2000, 4, 300) if args.quick else (10_000, 16, 3000)
+  print("decay only ...", flush=True)
+  decay = decay_only(steps, seeds)
+  print(
+    table(decay, ["dtype", "lambda", "mode", "max_ulps", "mean_over_seeds_max_ulps"])
+  )
+  print("logistic regression ...", flush=True)
+  logi = logistic(2000, seeds)
+  print(table(logi, ["moments", "mode", "relative_error", "relative_error_spread"]))
+  mem = memory()
+  print(table(mem, ["setup", "bytes_per_parameter"]))
+  print("training ...", flush=True)
+  runs = training(train_steps, 3)
+  summary = training_summary(runs)
+  print(table(summary, list(summary[0])))
+  cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+  payload = {
+    "settings": {"quick": args.quick, "decay_steps": steps, "seeds": seeds},
+    "versions": {"jax": jax.__version__, "optax": optax.__version__},
+    "decay_only": decay,
+    "logistic_regression": logi,
+    "memory": mem,
+    "training": summary,
+    "wall_seconds": time.perf_counter() - started,
+    "cpu_seconds": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
+    "load_average": os.getloadavg(),
+  }
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "precision.json"), "w") as f:
+    json.dump(payload, f, indent=1)
+  figure(os.path.join(args.out, "precision.png"), runs)
+  print(
+    f"{payload['wall_seconds']:.0f} s wall, {payload['cpu_seconds']:.0f} s CPU, "
+    f"load average {payload['load_average'][0]:.1f} -> {args.out}"
+  )
+
+
+if __name__ == "__main__":
+  main()
