@@ -55,6 +55,11 @@ def ulps(got, exact, dtype):
   return np.abs(np.asarray(got, np.float64) - exact) / spacing
 
 
+def _z(samples, exact):
+  sem = samples.std(axis=0, ddof=1) / np.sqrt(len(samples))
+  return float(np.max(np.abs(samples.mean(axis=0) - exact) / sem))
+
+
 def decay_only(steps, seeds):
   """Max ulps from the closed form per (dtype, λ, mode)."""
   theta0 = np.linspace(0.5, 2.0, 64)
@@ -103,6 +108,9 @@ def decay_only(steps, seeds):
             "mean_over_seeds_max_ulps": float(
               ulps(out[i].mean(axis=0), exact, dtype).max()
             ),
+            # Stochastic rounding: the largest |z| of the seeds' mean from the
+            # closed form over the 64 weights (unbiased: |z| of a few).
+            "max_abs_z": _z(out[i], exact) if n_seeds > 1 else None,
           }
         )
   return rows
@@ -189,7 +197,7 @@ def memory():
         per_param(p32, odx.adamw(1e-3), extra=2 * n),
       ),
       (
-        "bfloat16 params, float32 moments, Kahan",
+        "bfloat16 params, float32 moments, Kahan buffer",
         per_param(p16, odx.adamw(1e-3, mu_dtype=f32, nu_dtype=f32)),
       ),
       (
@@ -211,10 +219,10 @@ def training(steps, seeds):
 
   data = _data.load_mnist1d()
   runs = []
-  settings = [("float32", "auto")] + [
-    ("bfloat16", c) for c in ("none", "auto", "stochastic")
-  ]
-  for dtype, compensation in settings:
+  settings = [("float32", "auto", None)]
+  settings += [("bfloat16", c, "float32") for c in ("none", "auto")]
+  settings += [("bfloat16", c, None) for c in ("none", "auto", "stochastic")]
+  for dtype, compensation, moments in settings:
     arch = _models.Architecture("bn", 64, 2, dtype)
     recipe = _train.Recipe(
       "adamw",
@@ -225,6 +233,7 @@ def training(steps, seeds):
       num_examples=len(data.y_train),
       mask=arch.decay_mask(),
       compensation=None if compensation == "none" else compensation,
+      moment_dtype=moments,
     )
     for seed in range(seeds):
       with warnings.catch_warnings():
@@ -234,6 +243,7 @@ def training(steps, seeds):
       runs.append(
         {
           "param_dtype": dtype,
+          "moment_dtype": moments or dtype,
           "compensation": compensation,
           "seed": seed,
           "test_error": 1 - result["test_accuracy"],
@@ -242,7 +252,8 @@ def training(steps, seeds):
         }
       )
       print(
-        f"  {dtype:8s} {compensation:10s} seed {seed}: test error "
+        f"  {dtype:8s} moments {moments or dtype:8s} {compensation:10s} seed {seed}: "
+        "test error "
         f"{runs[-1]['test_error']:.4f}",
         flush=True,
       )
@@ -251,16 +262,16 @@ def training(steps, seeds):
 
 def training_summary(runs):
   out = []
-  for dtype, comp in dict.fromkeys((r["param_dtype"], r["compensation"]) for r in runs):
-    sel = [r for r in runs if (r["param_dtype"], r["compensation"]) == (dtype, comp)]
+  keys = ("param_dtype", "moment_dtype", "compensation")
+  for setting in dict.fromkeys(tuple(r[k] for k in keys) for r in runs):
+    sel = [r for r in runs if tuple(r[k] for k in keys) == setting]
     errors = np.array([r["test_error"] for r in sel])
     norms = np.array([r["kernel_norm"] for r in sel])
     angles = np.array([r["angular_update"] for r in sel])
     half = slice(norms.shape[1] // 4, 3 * norms.shape[1] // 4)
     out.append(
       {
-        "param_dtype": dtype,
-        "compensation": comp,
+        **dict(zip(keys, setting, strict=True)),
         "test_error_mean": float(errors.mean()),
         "test_error_std": float(errors.std(ddof=1)) if len(errors) > 1 else 0.0,
         "kernel_norm_start": float(norms[:, 0].mean()),
@@ -271,7 +282,28 @@ def training_summary(runs):
   return out
 
 
-def figure(path, runs):
+def seed0_curves(runs, every=10):
+  """Seed 0's kernel norm and angular update (50-step mean), every 10 steps."""
+  out = []
+  for r in runs:
+    if r["seed"] != 0:
+      continue
+    smooth = np.convolve(r["angular_update"], np.ones(50) / 50, mode="valid")
+    out.append(
+      {
+        "param_dtype": r["param_dtype"],
+        "moment_dtype": r["moment_dtype"],
+        "compensation": r["compensation"],
+        "step": list(range(0, len(r["kernel_norm"]), every)),
+        "kernel_norm": [round(x, 4) for x in r["kernel_norm"][::every]],
+        "angular_update_step": list(range(25, 25 + len(smooth), every)),
+        "angular_update": [float(f"{x:.4g}") for x in smooth[::every]],
+      }
+    )
+  return out
+
+
+def figure(path, curves):
   import matplotlib
 
   matplotlib.use("Agg")
@@ -279,22 +311,18 @@ def figure(path, runs):
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   colors = {"none": "tab:red", "auto": "tab:blue", "stochastic": "tab:green"}
-  for r in runs:
-    if r["seed"] != 0:
-      continue
-    label = (
-      "float32"
-      if r["param_dtype"] == "float32"
-      else f"bfloat16, {'kahan' if r['compensation'] == 'auto' else r['compensation']}"
-    )
-    style = (
-      dict(color="black", lw=2.5, alpha=0.5)
-      if r["param_dtype"] == "float32"
-      else dict(color=colors[r["compensation"]], lw=1)
-    )
-    axes[0].plot(r["kernel_norm"], label=label, **style)
-    smooth = np.convolve(r["angular_update"], np.ones(50) / 50, mode="valid")
-    axes[1].plot(smooth, label=label, **style)
+  for r in curves:
+    comp = "kahan" if r["compensation"] == "auto" else r["compensation"]
+    if r["param_dtype"] == "float32":
+      label, style = "float32", dict(color="black", lw=2.5, alpha=0.5)
+    elif r["moment_dtype"] == "float32":
+      label = f"bfloat16, float32 moments, {comp}"
+      style = dict(color=colors[r["compensation"]], lw=1.2, ls="--")
+    else:
+      label = f"bfloat16, bfloat16 moments, {comp}"
+      style = dict(color=colors[r["compensation"]], lw=1)
+    axes[0].plot(r["step"], r["kernel_norm"], label=label, **style)
+    axes[1].plot(r["angular_update_step"], r["angular_update"], label=label, **style)
   axes[0].set(xlabel="step", ylabel="‖θ‖ of the hidden kernels", title="kernel norm")
   axes[1].set(
     xlabel="step",
@@ -302,7 +330,7 @@ def figure(path, runs):
     yscale="log",
     title="angular update of the hidden kernels",
   )
-  axes[0].legend()
+  axes[1].legend(loc="lower left", fontsize=8)
   fig.suptitle("AdamW, α = 3.2e-2, λ = 3.2e-3, mnist1d, BatchNorm MLP, seed 0")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -315,18 +343,138 @@ def table(rows, columns):
   return "\n".join(lines)
 
 
+def _f(x, digits=2):
+  return "-" if x is None else f"{x:.{digits}g}" if abs(x) < 10 else f"{x:.0f}"
+
+
+def render(payload, sweeps=None):
+  """The Markdown tables of ``docs/precision.md``, by name, from the JSON."""
+  out = {}
+  decay = payload["decay_only"]
+  for dtype in ("bfloat16", "float16"):
+    rows = [
+      f"| λ | θ_T/θ_0 | none | Kahan (default) | stochastic: worst seed | "
+      f"stochastic: max abs z of the mean of {payload['settings']['seeds']} seeds |",
+      "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lam in dict.fromkeys(r["lambda"] for r in decay if r["dtype"] == dtype):
+      by = {r["mode"]: r for r in decay if r["dtype"] == dtype and r["lambda"] == lam}
+      rows.append(
+        f"| {lam:g} | {by['none']['exact_ratio']:.3g} | {_f(by['none']['max_ulps'])} "
+        f"| {_f(by['kahan']['max_ulps'])} | {_f(by['stochastic']['max_ulps'])} "
+        f"| {_f(by['stochastic']['max_abs_z'])} |"
+      )
+    out[f"decay-{dtype}"] = "\n".join(rows)
+  rows = ["| moments | none | Kahan (default) | stochastic (mean ± sd of seeds) |"]
+  rows.append("|---|---:|---:|---:|")
+  for moments in ("float32", "bfloat16"):
+    by = {
+      r["mode"]: r for r in payload["logistic_regression"] if r["moments"] == moments
+    }
+    st = by["stochastic"]
+    rows.append(
+      f"| {moments} | {100 * by['none']['relative_error']:.1f} % "
+      f"| {100 * by['kahan']['relative_error']:.2f} % "
+      f"| {100 * st['relative_error']:.1f} ± {100 * st['relative_error_spread']:.1f} % |"
+    )
+  out["logistic"] = "\n".join(rows)
+  rows = ["| setup | bytes per parameter |", "|---|---:|"]
+  rows += [
+    f"| {r['setup']} | {r['bytes_per_parameter']:g} |" for r in payload["memory"]
+  ]
+  out["memory"] = "\n".join(rows)
+  rows = [
+    "| parameters | moments | compensation | test error (mean ± sd, 3 seeds) "
+    "| kernel norm: start → end | angular update, middle half |",
+    "|---|---|---|---:|---:|---:|",
+  ]
+  for r in payload["training"]:
+    comp = "-" if r["param_dtype"] == "float32" else r["compensation"]
+    comp = "kahan" if comp == "auto" else comp
+    rows.append(
+      f"| {r['param_dtype']} | {r['moment_dtype']} | {comp} "
+      f"| {100 * r['test_error_mean']:.2f} ± {100 * r['test_error_std']:.2f} % "
+      f"| {r['kernel_norm_start']:.2f} → {r['kernel_norm_end']:.2f} "
+      f"| {r['angular_update_middle']:.2e} |"
+    )
+  out["training"] = "\n".join(rows)
+  if sweeps:
+    rows = [
+      "| run | optimizer | best cell | best λ per α row (α = 1e-4 … 1e-1) "
+      "| spread of the best λ "
+      "| one λ for every α costs |",
+      "|---|---|---|---|---:|---:|",
+    ]
+    for label, sweep in sweeps.items():
+      for name, sm in sweep["summary"].items():
+        best = sm["best"]
+        per_row = ", ".join(
+          f"{r['weight_decay']:.0e}" for r in sm["best_weight_decay_per_lr"]
+        )
+        rows.append(
+          f"| {label} | {name} | {100 * best['test_error']:.1f} % (α "
+          f"{best['learning_rate']:.1e}, λ {best['weight_decay']:.1e}) | {per_row} "
+          f"| {sm['best_wd_spread_decades']:.1f} decades "
+          f"| {100 * sm['transfer_regret']:.2f} points |"
+        )
+    out["sweeps"] = "\n".join(rows)
+  return out
+
+
+SWEEPS = {  # docs folder -> label in the table
+  "sweep-float32": "float32",
+  "sweep-bf16": "bfloat16, Kahan",
+  "sweep-bf16-none": "bfloat16, none",
+}
+
+
+def load_sweeps(docs):
+  out = {}
+  for folder, label in SWEEPS.items():
+    path = os.path.join(docs, folder, "sweep.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out[label] = json.load(f)
+  return out
+
+
+def rewrite_page(page, tables):
+  """Replaces each ``<!-- precision:NAME -->`` ... ``<!-- /precision -->``
+  block of ``page`` with its table."""
+  with open(page) as f:
+    text = f.read()
+  for name, body in tables.items():
+    start, end = f"<!-- precision:{name} -->", "<!-- /precision -->"
+    if start in text:
+      head, rest = text.split(start, 1)
+      text = head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+  with open(page, "w") as f:
+    f.write(text)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="smaller runs, ~1 min")
   p.add_argument("--out", default=os.path.join(HERE, "..", "docs"))
+  p.add_argument(
+    "--render",
+    action="store_true",
+    help="only rewrite the tables of docs/precision.md and precision.png from "
+    "the JSON in --out",
+  )
   args = p.parse_args()
+  if args.render:
+    with open(os.path.join(args.out, "precision.json")) as f:
+      payload = json.load(f)
+    tables = render(payload, load_sweeps(args.out))
+    rewrite_page(os.path.join(args.out, "precision.md"), tables)
+    figure(os.path.join(args.out, "precision.png"), payload["curves"])
+    return
   started, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
   steps, seeds, train_steps = (2000, 4, 300) if args.quick else (10_000, 16, 3000)
   print("decay only ...", flush=True)
   decay = decay_only(steps, seeds)
-  print(
-    table(decay, ["dtype", "lambda", "mode", "max_ulps", "mean_over_seeds_max_ulps"])
-  )
+  print(table(decay, ["dtype", "lambda", "mode", "max_ulps", "max_abs_z"]))
   print("logistic regression ...", flush=True)
   logi = logistic(2000, seeds)
   print(table(logi, ["moments", "mode", "relative_error", "relative_error_spread"]))
@@ -344,6 +492,7 @@ def main():
     "logistic_regression": logi,
     "memory": mem,
     "training": summary,
+    "curves": seed0_curves(runs),
     "wall_seconds": time.perf_counter() - started,
     "cpu_seconds": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
     "load_average": os.getloadavg(),
@@ -351,7 +500,7 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "precision.json"), "w") as f:
     json.dump(payload, f, indent=1)
-  figure(os.path.join(args.out, "precision.png"), runs)
+  figure(os.path.join(args.out, "precision.png"), payload["curves"])
   print(
     f"{payload['wall_seconds']:.0f} s wall, {payload['cpu_seconds']:.0f} s CPU, "
     f"load average {payload['load_average'][0]:.1f} -> {args.out}"

@@ -31,15 +31,71 @@ class FlatLayout:
   shapes: tuple[tuple[int, ...], ...] = ()
 
 
+@jax.tree_util.register_pytree_with_keys_class
+class Packed:
+  """The packed parameters: one flat buffer per dtype, and the big leaves.
+
+  A pytree node whose static data is the :class:`FlatLayout`: every copy of
+  the packed tree in the wrapped state (Adam's ``mu`` and ``nu``, say) carries
+  the layout, so the state needs no other field for it, and a state built from
+  parameters without leaves (as ``optax.tree.map_params`` builds one) has the
+  same structure wherever the parameters are. Reads as the pair ``(flats,
+  rest)``.
+  """
+
+  def __init__(self, flats: tuple[Any, ...], rest: tuple[Any, ...], layout: FlatLayout):
+    self.flats, self.rest, self.layout = flats, rest, layout
+
+  def __iter__(self):
+    return iter((self.flats, self.rest))
+
+  def __getitem__(self, index):
+    return (self.flats, self.rest)[index]
+
+  def __len__(self):
+    return 2
+
+  def __eq__(self, other):
+    return (
+      isinstance(other, Packed)
+      and self.layout == other.layout
+      and (self.flats, self.rest) == (other.flats, other.rest)
+    )
+
+  __hash__ = None  # pyright: ignore[reportAssignmentType] (mutable contents, as a list)
+
+  def __repr__(self):
+    return f"Packed(flats={self.flats!r}, rest={self.rest!r})"
+
+  def tree_flatten_with_keys(self):
+    keys = jax.tree_util.GetAttrKey("flats"), jax.tree_util.GetAttrKey("rest")
+    return tuple(zip(keys, (self.flats, self.rest), strict=True)), self.layout
+
+  @classmethod
+  def tree_unflatten(cls, layout, children):
+    flats, rest = children
+    return cls(flats, rest, layout)
+
+
 class FlattenSmallLeavesState(NamedTuple):
   """State of :func:`flatten_small_leaves`.
 
   ``inner`` is the wrapped transformation's state on the packed parameters
-  ``(flat buffers, big leaves)``; ``layout`` says which leaf went where.
+  (a :class:`Packed` tree of flat buffers and big leaves, wherever the inner
+  state copies the parameters' tree); ``layout`` says which leaf went where.
   """
 
   inner: Any
-  layout: FlatLayout
+
+  @property
+  def layout(self) -> FlatLayout | None:
+    """The layout the state was built with (None if no copy holds it)."""
+    return _stored_layout(self.inner)
+
+
+def _stored_layout(inner: Any) -> FlatLayout | None:
+  nodes = jax.tree.leaves(inner, is_leaf=lambda x: isinstance(x, Packed))
+  return next((x.layout for x in nodes if isinstance(x, Packed)), None)
 
 
 def _spans_devices(x: Any) -> bool:
@@ -75,7 +131,7 @@ def _layout(leaves: list[Any], max_leaf_size: int, treedef: Any) -> FlatLayout:
   )
 
 
-def _pack(leaves: list[Any], layout: FlatLayout) -> tuple[tuple[Any, ...], tuple]:
+def _pack(leaves: list[Any], layout: FlatLayout) -> Packed:
   def flat(dtype, group):
     if any(isinstance(leaves[i], jax.ShapeDtypeStruct) for i in group):
       # Abstract parameters (init on shapes): an abstract flat buffer.
@@ -87,7 +143,7 @@ def _pack(leaves: list[Any], layout: FlatLayout) -> tuple[tuple[Any, ...], tuple
     flat(dtype, group)
     for dtype, group in zip(layout.dtypes, layout.groups, strict=True)
   )
-  return flats, tuple(leaves[i] for i in layout.rest)
+  return Packed(flats, tuple(leaves[i] for i in layout.rest), layout)
 
 
 def _check_tree(name: str, tree: Any, layout: FlatLayout) -> list[Any]:
@@ -132,7 +188,8 @@ def _opaque_offsets(flat: jax.Array, offsets: list[int]) -> tuple[jax.Array, ...
   )
 
 
-def _unpack(packed, layout: FlatLayout, like: list[Any]) -> list[Any]:
+def _unpack(packed: Any, layout: FlatLayout, like: list[Any]) -> list[Any]:
+  """The leaves of ``packed`` (a :class:`Packed` tree) in their shapes and dtypes."""
   flats, rest = packed
   out: list[Any] = [None] * layout.num_leaves
   for flat, group in zip(flats, layout.groups, strict=True):
@@ -177,9 +234,15 @@ def flatten_small_leaves(
     tx: the transformation to run on the packed tree.
     max_leaf_size: largest leaf (in elements) to flatten, >= 1.
 
+  The state works with optax's tree tools: ``optax.tree.get``, ``set`` and
+  ``map_params`` (which applies its function to the flat buffers and big
+  leaves, the state's copies of the parameters; a second tree shaped like the
+  parameters, such as sharding specs, does not match them).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state
-    :class:`FlattenSmallLeavesState` (the layout is static, in the treedef).
+    :class:`FlattenSmallLeavesState` (the layout is static, in the treedef of
+    the packed trees).
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_decoupled as odx
@@ -204,12 +267,23 @@ def flatten_small_leaves(
 
   def init_fn(params):
     leaves, treedef = jax.tree.flatten(params)
+    if not leaves:  # nothing to pack (or optax.tree.map_params' placeholder)
+      return FlattenSmallLeavesState(tx.init(params))
     leaves = [_as_array(x) for x in leaves]
     layout = _layout(leaves, int(max_leaf_size), treedef)
-    return FlattenSmallLeavesState(tx.init(_pack(leaves, layout)), layout)
+    return FlattenSmallLeavesState(tx.init(_pack(leaves, layout)))
 
   def update_fn(updates, state, params=None, **extra_args):
-    layout = state.layout
+    if not jax.tree.leaves(updates):
+      inner_updates, inner = tx.update(updates, state.inner, params, **extra_args)
+      return inner_updates, FlattenSmallLeavesState(inner)
+    # A state that holds no copy of the parameters (plain SGD) does not care
+    # how they are packed: the layout is then made again from the updates.
+    layout = state.layout or _layout(
+      [_as_array(x) for x in jax.tree.leaves(updates)],
+      int(max_leaf_size),
+      jax.tree.structure(updates),
+    )
     treedef = jax.tree.structure(updates)
     leaves = _check_tree("updates", updates, layout)
     param_leaves = None if params is None else _check_tree("params", params, layout)
@@ -218,6 +292,6 @@ def flatten_small_leaves(
       _pack(leaves, layout), state.inner, packed_params, **extra_args
     )
     out = _unpack(packed, layout, leaves)
-    return treedef.unflatten(out), FlattenSmallLeavesState(inner, layout)
+    return treedef.unflatten(out), FlattenSmallLeavesState(inner)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

@@ -486,8 +486,9 @@ def test_state_is_sharded_like_the_params_and_runs_under_jit_init():
 @pytest.mark.parametrize("compensation", ["auto", "stochastic"])
 def test_sharded_and_data_parallel_runs_equal_one_device(compensation):
   """bf16 parameters: the same bits on one device, jitted over 8 sharded
-  devices, and replicated under shard_map (data parallel); Kahan's also with
-  the parameters split by shard_map (its rounding depends on values only)."""
+  devices, replicated under shard_map and under pmap (data parallel); Kahan's
+  also with the parameters split by shard_map (its rounding depends on values
+  only)."""
   from jax.sharding import AxisType, NamedSharding
   from jax.sharding import PartitionSpec as P
 
@@ -509,6 +510,8 @@ def test_sharded_and_data_parallel_runs_equal_one_device(compensation):
     jax.jit(run)(jax.device_put(params, NamedSharding(mesh, P("d")))),
     jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P()))(params),
   ]
+  replicas = jax.pmap(run)(jax.tree.map(lambda x: jnp.stack([x] * 8), params))
+  runs += [{"w": replicas["w"][i]} for i in (0, 7)]
   if compensation == "auto":
     runs.append(
       jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P("d"), out_specs=P("d")))(params)

@@ -68,3 +68,34 @@ def test_readme_pictures_have_absolute_urls():
   assert targets, "the README has a picture"
   for target in targets:
     assert target.startswith("https://"), target
+
+
+def test_precision_page_tables_come_from_its_json():
+  """docs/precision.md's tables are what benchmarks/precision.py renders from
+  docs/precision.json and the committed bfloat16 sweeps (regenerate with
+  ``python benchmarks/precision.py`` then ``--render``): a number edited by
+  hand in the page fails here."""
+  import importlib.util
+  import json
+
+  path = os.path.join(ROOT, "benchmarks", "precision.py")
+  spec = importlib.util.spec_from_file_location("precision_study", path)
+  assert spec is not None and spec.loader is not None
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  docs = os.path.join(ROOT, "docs")
+  with open(os.path.join(docs, "precision.json"), encoding="utf-8") as f:
+    payload = json.load(f)
+  tables = module.render(payload, module.load_sweeps(docs))
+  assert set(tables) == {
+    "decay-bfloat16",
+    "decay-float16",
+    "logistic",
+    "memory",
+    "training",
+    "sweeps",
+  }
+  with open(os.path.join(docs, "precision.md"), encoding="utf-8") as f:
+    page = f.read()
+  for name, body in tables.items():
+    assert f"<!-- precision:{name} -->\n{body}\n<!-- /precision -->" in page, name

@@ -389,3 +389,26 @@ def test_bf16_second_moment_does_not_decay():
     nus[dtype] = float(state.nu["w"][0])
   assert nus[jnp.float32] == pytest.approx(1e-3 * 0.999**100, rel=1e-4)
   assert nus[jnp.bfloat16] == pytest.approx(1e-3, rel=4e-3)
+
+
+def test_flatten_state_works_with_optax_tree_tools():
+  """optax.tree.map_params maps over the state's copies of the parameters (the
+  flat buffers and big leaves), leaving counts alone; get and set find the
+  inner fields. The layout rides in the packed trees, so a state built from a
+  leafless placeholder has the same structure (map_params failed before)."""
+  params = {"a": jnp.ones(3), "w": jnp.ones(100), "z": jnp.ones(5)}
+  tx = odx.flatten_small_leaves(odx.adamw(0.1), max_leaf_size=8)
+  state = tx.init(params)
+  state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)[1]
+  doubled = optax.tree.map_params(tx, lambda x: 2 * x, state)
+  flat_mu, rest_mu = doubled.inner[0].mu
+  np.testing.assert_allclose(flat_mu[0], 2 * state.inner[0].mu.flats[0])
+  np.testing.assert_allclose(rest_mu[0], 2 * state.inner[0].mu.rest[0])
+  assert int(doubled.inner[0].count) == int(state.inner[0].count) == 1
+  assert doubled.layout == state.layout
+  nu = optax.tree.get(state, "nu")  # the Adam state's field, found inside
+  assert nu.layout == state.layout
+  reset = optax.tree.set(state, nu=jax.tree.map(jnp.zeros_like, nu))
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(reset.inner[0].nu))
+  # The mapped state still steps.
+  tx.update(jax.tree.map(jnp.ones_like, params), doubled, params)

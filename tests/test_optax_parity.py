@@ -120,6 +120,35 @@ def test_python_scalar_params_follow_the_reference():
 
 
 @pytest.mark.parametrize(
+  "factory, ref",
+  [
+    (odx.adamw, lambda g: reference.adam({"a": 1.0}, g, 0.1, lam=0.01)),
+    (
+      odx.adam_l2,
+      lambda g: reference.adam({"a": 1.0}, g, 0.1, lam=0.01, decoupled=False),
+    ),
+    (odx.sgdw, lambda g: reference.sgd({"a": 1.0}, g, 0.1, lam=0.01)),
+    (
+      odx.sgd_l2,
+      lambda g: reference.sgd({"a": 1.0}, g, 0.1, lam=0.01, decoupled=False),
+    ),
+  ],
+  ids=["adamw", "adam_l2", "sgdw", "sgd_l2"],
+)
+def test_python_scalar_gradients_follow_the_reference(factory, ref):
+  """Python-float gradients and params (optax.sgd takes them; sgdw raised
+  AttributeError on ``g.dtype``): two steps equal the float64 reference."""
+  tx = factory(0.1, weight_decay=0.01)
+  params = {"a": 1.0}
+  state = tx.init(params)
+  for _ in range(2):
+    u, state = tx.update({"a": 0.5}, state, params)
+    params = {"a": float(optax.apply_updates(params, u)["a"])}
+  expected = ref([{"a": 0.5}] * 2)[-1]["a"]
+  np.testing.assert_allclose(params["a"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
   "ours, lam_scale",
   [(odx.add_l2(0.1), 1.0), (odx.add_decoupled_weight_decay(0.1), -1.0)],
   ids=["add_l2", "add_decoupled_weight_decay"],

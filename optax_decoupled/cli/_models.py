@@ -148,7 +148,8 @@ def kernel_angular_update(params, new_params) -> jax.Array:
 
 def cross_entropy(logits, labels):
   """Mean cross-entropy, its softmax in float32 whatever the logits' dtype."""
-  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  if jnp.finfo(logits.dtype).bits < 32:
+    logits = logits.astype(jnp.float32)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 

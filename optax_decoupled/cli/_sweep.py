@@ -53,8 +53,12 @@ def make_run(
   # The recipe's numbers are placeholders: inject_hyperparams replaces them.
   recipe = _train.Recipe(optimizer, 0.0, 0.0, steps, batch_size, x.shape[0])
   base, flags = _train.OPTIMIZER_TABLE[optimizer]
+  # float32 hyperparameters whatever the parameters' dtype: in bfloat16,
+  # b2 = 0.999 would round to 1.
   factory = optax.inject_hyperparams(
-    base, static_args=("schedule_multiplier", "mask", "compensation", *flags)
+    base,
+    static_args=("schedule_multiplier", "mask", "compensation", *flags),
+    hyperparam_dtype=jnp.float32,
   )
 
   def run(learning_rate, weight_decay, params, rest, batches):

@@ -79,6 +79,8 @@ class Recipe:
   cycle_mult: int = 2
   mask: Any = None
   compensation: str | None = "auto"
+  #: Storage dtype of Adam's moments (None: the parameters'); Adam-type only.
+  moment_dtype: str | None = None
 
   @property
   def restarts(self) -> bool:
@@ -109,6 +111,13 @@ class Recipe:
   def tx(self) -> optax.GradientTransformation:
     factory, flags = OPTIMIZER_TABLE[self.optimizer]
     factory = functools.partial(factory, compensation=self.compensation, **flags)
+    if self.moment_dtype is not None:
+      if self.optimizer not in ADAM_TYPE:
+        raise ValueError(
+          f"moment_dtype applies to Adam-type optimizers, not {self.optimizer}"
+        )
+      dtype = self.moment_dtype
+      factory = functools.partial(factory, mu_dtype=dtype, nu_dtype=dtype)
     if self.restarts:
       return factory(
         self.learning_rate,
