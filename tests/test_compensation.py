@@ -647,3 +647,28 @@ def test_update_without_params_raises():
   state = tx.init({"w": jnp.ones(2, jnp.bfloat16)})
   with pytest.raises(ValueError, match="needs the parameters"):
     tx.update({"w": jnp.ones(2, jnp.bfloat16)}, state)
+
+
+def test_map_params_with_specs_as_for_optax_masked():
+  """optax.tree.map_params over the state with a second, params-shaped tree
+  (sharding specs): leaves without a Kahan buffer are optax.MaskedNode, handled
+  with is_leaf as for optax.masked; the buffers get their leaf's spec."""
+  params = {"w": jnp.ones((4, 4), jnp.bfloat16), "b": jnp.ones(4, jnp.float32)}
+  tx = odx.adamw(1e-3)
+  specs = {"w": "spec-w", "b": "spec-b"}
+
+  def masked(x):
+    return isinstance(x, optax.MaskedNode)
+
+  out = optax.tree.map_params(
+    tx,
+    lambda x, spec: x if masked(x) else spec,
+    tx.init(params),
+    specs,
+    transform_non_params=lambda _: None,
+    is_leaf=masked,
+  )
+  assert out[0].mu == specs
+  assert out[-1].residual["w"] == "spec-w"
+  assert masked(out[-1].residual["b"])
+  assert out[-1].count is None and out[-1].seed is None
