@@ -10,18 +10,22 @@ compensated value:
 * **Kahan**: a buffer ``c`` per leaf, in the leaf's dtype, holds what rounding
   dropped; the next step adds it back. With ``y = u + c`` (in float32),
   ``θ' = round(θ + y)`` and ``c' = y - (θ' - θ)``: ``θ' + c'`` is the exact
-  sum, to the rounding of ``c'`` itself.
+  sum, to the rounding of ``c'`` itself. That rounding is decided against a
+  deterministic dither (:func:`_weyl_bits`), so that the buffer's own 8 bits
+  do not stall once the steps fall below half of *its* ulp.
 * **Stochastic rounding**: ``θ + u`` (in float32) rounds to one of its two
   neighbours in the leaf's dtype, up with probability equal to the distance
   from the lower one in units of their spacing, so that the expected
-  parameter is the exact one. The bits come from a key in the state, folded
-  with the step and the leaf's index.
+  parameter is the exact one. The bits come from the seed in the state,
+  folded with the step and the leaf's index.
 
-Both hand back ``u' = θ' - θ`` in the leaf's dtype; ``θ + u'`` rounded is
-``θ'`` (bitwise) whenever ``θ'`` and ``θ`` lie within a factor of two of each
-other (Sterbenz), which is every step but a jump across zero or past a
-doubling. In those rare steps Kahan's ``c'`` is taken from the value
-``apply_updates`` actually produces, so nothing is lost either way.
+Both hand back ``u' = θ' - θ`` in the leaf's dtype, computed with the very
+roundings ``apply_updates`` makes (:func:`round_nearest`). ``θ + u'`` is
+``θ'`` whenever ``θ'`` and ``θ`` lie within a factor of two of each other
+(Sterbenz), which is every step but a jump across zero or past a doubling. In
+those rare steps Kahan's ``c'`` is taken from the value ``apply_updates``
+actually produces, and stochastic rounding picks between the two steps next
+to ``u``, so nothing is lost either way.
 """
 
 import warnings
@@ -246,10 +250,14 @@ def compensate_rounding(
     \text{Kahan:}\quad y = u + c,\quad θ' = \mathrm{round}(θ + y),\quad
     c' = y - (θ' - θ),\quad u' = θ' - θ
 
-  ``c`` is a buffer per leaf in the leaf's dtype, and the arithmetic is
-  float32 for low-precision leaves. Stochastic rounding instead rounds
-  ``θ + u`` up or down at random with the probability that makes the
-  expected ``θ'`` exact, and needs no buffer.
+  ``c`` is a buffer per leaf in the leaf's dtype (holding ``c · 2^nmant``, so
+  that a float16 buffer stays a normal number), the arithmetic is float32 for
+  low-precision leaves, and ``c'`` is rounded into the buffer against a
+  deterministic dither, which keeps increments far below the buffer's own
+  ulp. Stochastic rounding instead rounds ``θ + u`` up or down at random with
+  the probability that makes the expected ``θ'`` exact, and needs no buffer.
+  Both land where ``optax.apply_updates`` (or ``nnx.Optimizer.update``) then
+  puts the parameter, bit for bit.
 
   Args:
     compensation: ``"auto"`` (Kahan on every leaf with fewer significand bits
