@@ -75,15 +75,17 @@ def check_compensation(compensation: Any, seed: Any) -> None:
       "low-precision leaves), 'kahan', 'stochastic' or None"
     )
   if isinstance(seed, jax.core.Tracer):
-    if not jnp.issubdtype(seed.dtype, jnp.integer):
+    if not jnp.issubdtype(seed.dtype, jnp.integer) or seed.ndim != 0:
       raise _checks.ArgumentTypeError(
-        f"seed={seed!r} must be an integer; under optax.inject_hyperparams "
-        "pass static_args=('seed',) or an int"
+        f"seed={seed!r} must be an integer scalar; under "
+        "optax.inject_hyperparams pass static_args=('seed',) or an int"
       )
     return
-  if isinstance(seed, bool | np.bool_) or not jnp.issubdtype(
-    np.asarray(seed).dtype, jnp.integer
-  ):
+  try:
+    kind = np.asarray(seed).dtype
+  except (TypeError, ValueError):  # a PRNG key, an object
+    kind = np.dtype(object)
+  if isinstance(seed, bool | np.bool_) or not jnp.issubdtype(kind, jnp.integer):
     raise _checks.ArgumentTypeError(f"seed={seed!r} must be an integer")
   if np.ndim(seed) != 0:
     raise _checks.ArgumentTypeError(f"seed={seed!r} must be an integer scalar")
@@ -170,8 +172,9 @@ def round_against(x: jax.Array, dtype: Any, bits: jax.Array) -> jax.Array:
   """Float32 ``x`` rounded to ``dtype`` (as float32), up with probability
   equal to the distance from the lower neighbour in units of their gap.
 
-  ``bits`` are 32 uniform bits per element. The significand bits of ``x``
-  below ``dtype``'s are summed with as many of them and cut off (the carry
+  ``bits`` are 32 uniform bits per element, of which only the top 16 are
+  read. The significand bits of ``x`` below ``dtype``'s are summed with as
+  many of them and cut off (the carry
   rounds the magnitude up exactly with that probability; torchao's rule), so
   with uniform bits ``E[round(x)] = x`` exactly. Subnormals of a narrower
   exponent range round on their fixed grid the same way. Integer arithmetic
@@ -186,53 +189,70 @@ def round_against(x: jax.Array, dtype: Any, bits: jax.Array) -> jax.Array:
   out = jnp.where(jnp.isnan(x), x, out)
   if info.nexp < jnp.finfo(jnp.float32).nexp:
     quantum = float(info.smallest_subnormal)
-    uniform = (bits >> jnp.uint32(8)).astype(jnp.float32) * 2.0**-24
+    uniform = (bits >> jnp.uint32(16)).astype(jnp.float32) * 2.0**-16
     below = jnp.floor(x / quantum + uniform) * quantum
     out = jnp.where(jnp.abs(x) < float(info.smallest_normal), below, out)
   return out
 
 
-def _kahan(u: jax.Array, p: jax.Array, c: jax.Array, bits: jax.Array):
+def _kahan(u: jax.Array, p: jax.Array, c: jax.Array, count: jax.Array):
   """The update and the new buffer for one leaf (Kahan-compensated sum).
 
-  The residual is rounded into the buffer against ``bits``: to nearest it
-  would stall once the steps fall below half an ulp of the residual itself
-  (for bfloat16, ``2^-17 |θ|``), and a small decay would be lost again.
+  The residual is rounded into the buffer against a dither
+  (:func:`_weyl_bits`): to nearest it would stall once the steps fall below
+  half an ulp of the residual itself (for bfloat16, ``2^-17 |θ|``), and a
+  small decay would be lost again. Where the sum is not finite (an infinite
+  weight or update, or an overflow) the update passes as it came and the
+  buffer restarts at zero, so ``apply_updates`` gives what it gives without
+  compensation.
   """
   dt = compute_dtype(p.dtype)
   scale = _buffer_scale(p.dtype)
-  pd = p.astype(dt)
-  y = u.astype(dt) + c.astype(dt) / scale
+  pd, ud = p.astype(dt), u.astype(dt)
+  y = ud + c.astype(dt) / scale
   target = round_nearest(pd + y, p.dtype)
   step = round_nearest(target - pd, p.dtype)
   landed = round_nearest(pd + step, p.dtype)  # what optax.apply_updates gives
   residual = (y - (landed - pd)) * scale
   if is_low_precision(c.dtype):
-    residual = round_against(residual, c.dtype, bits)
+    residual = round_against(residual, c.dtype, _weyl_bits(p, count))
+  finite = jnp.isfinite(target) & jnp.isfinite(pd)
+  step = jnp.where(finite, step, ud)
+  residual = jnp.where(finite, residual, jnp.zeros_like(residual))
   return step.astype(p.dtype), residual.astype(c.dtype)
 
 
 def _stochastic(u: jax.Array, p: jax.Array, key: jax.Array) -> jax.Array:
   """The update that lands ``p`` on a stochastic rounding of ``x = p + u``.
 
-  Where that value is not ``p`` plus a representable step (a step across
-  zero or past a doubling of ``|p|``), the update is one of the two steps
-  next to ``u``, chosen so that the mean of where ``apply_updates`` lands is
-  still ``x``.
+  Where a neighbour of ``x`` is not ``p`` plus a representable step (a step
+  across zero or past a doubling of ``|p|``), the update is instead one of the
+  two steps next to ``u``, chosen so that the mean of where ``apply_updates``
+  lands is ``x``; if both land on the same value (every step there ends on a
+  tie), that value is within an ulp of ``x``.
   """
   pd, ud = p.astype(jnp.float32), u.astype(jnp.float32)
   x = pd + ud
   bits = jax.random.bits(key, p.shape, jnp.uint32)
+  zeros, ones = jnp.zeros_like(bits), jnp.full_like(bits, 0xFFFFFFFF)
+
+  def reachable(target):
+    step = target - pd
+    return round_nearest(step, p.dtype) == step
+
+  # Both neighbours of x, whatever the draw, so that the choice of method
+  # does not depend on it.
+  ends = round_against(x, p.dtype, zeros), round_against(x, p.dtype, ones)
+  exact = reachable(ends[0]) & reachable(ends[1])
   step = round_against(x, p.dtype, bits) - pd
-  reachable = round_nearest(step, p.dtype) == step
-  toward = round_against(ud, p.dtype, jnp.zeros_like(bits))
-  away = round_against(ud, p.dtype, jnp.full_like(bits, 0xFFFFFFFF))
+  toward, away = round_against(ud, p.dtype, zeros), round_against(ud, p.dtype, ones)
   down, up = jnp.minimum(toward, away), jnp.maximum(toward, away)
   lands_down = round_nearest(pd + down, p.dtype)
   span = round_nearest(pd + up, p.dtype) - lands_down
   chance = jnp.where(span > 0, (x - lands_down) / jnp.where(span > 0, span, 1), 0)
-  uniform = (bits >> jnp.uint32(8)).astype(jnp.float32) * 2.0**-24
-  step = jnp.where(reachable, step, jnp.where(uniform < chance, up, down))
+  # The coin reads the low 16 bits; round_against reads only the top 16.
+  uniform = (bits & jnp.uint32(0xFFFF)).astype(jnp.float32) * 2.0**-16
+  step = jnp.where(exact, step, jnp.where(uniform < chance, up, down))
   return step.astype(p.dtype)
 
 
@@ -345,7 +365,7 @@ def _leaf(u, p, c, compensation, count, key, index):
     return u, c
   u = _as_array(u)
   if method == "kahan":
-    return _kahan(u, p, c, _weyl_bits(p, count))
+    return _kahan(u, p, c, count)
   return _stochastic(u, p, jax.random.fold_in(key, index)), c
 
 
@@ -354,18 +374,22 @@ def carry_in_float32() -> optax.GradientTransformation:
 
   Put after the preconditioner of a ready optimizer that ends in
   :func:`compensate_rounding`: the learning rate and the decay term are then
-  applied in float32 and the update is rounded once, at the end.
+  applied in float32 and the update is rounded once, at the end. Only leaves
+  whose parameter is low precision are widened (a bfloat16 gradient of a
+  float32 parameter stays as it is, as without compensation).
   """
 
-  def widen(u):
+  def widen(u, p):
     if u is None:
       return None
     u = _as_array(u)
-    return u.astype(jnp.float32) if is_low_precision(u.dtype) else u
+    low = is_low_precision(u.dtype) and is_low_precision(_as_array(p).dtype)
+    return u.astype(jnp.float32) if low else u
 
   def update_fn(updates, state, params=None):
-    del params
-    return jax.tree.map(widen, updates, is_leaf=lambda x: x is None), state
+    if params is None:  # widen by the update's dtype alone
+      params = updates
+    return jax.tree.map(widen, updates, params, is_leaf=lambda x: x is None), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -407,7 +431,7 @@ def warn_if_decay_rounds_away(
   Called at ``init`` by the ready optimizers built with ``compensation=None``;
   ``per_step`` is ``η_max λ`` (None: unknown, no warning). The threshold is
   half the dtype's relative spacing ``ε/2``: below it the product rounds back
-  to ``θ`` for most magnitudes, below ``ε/4`` for all.
+  to ``θ`` for some magnitudes (more as it falls), below ``ε/4`` for all.
   """
   if per_step is None or per_step <= 0:
     return
@@ -424,8 +448,9 @@ def warn_if_decay_rounds_away(
   warnings.warn(
     f"{name}(compensation=None): the decay per step η_max·λ = {per_step:.3g} "
     f"is below half the relative spacing of {dtype} ({half:.3g}), so "
-    f"θ(1 - η_t λ) rounds back to θ and the decay of {path or '(root)'} "
-    f"({dtype}){more} is lost. Pass compensation='auto' (Kahan, the default) "
+    f"θ(1 - η_t λ) rounds back to θ for many values of θ (all, below "
+    f"{half / 2:.3g}) and the decay of {path or '(root)'} ({dtype}){more} is "
+    "partly or wholly lost. Pass compensation='auto' (Kahan, the default) "
     "or 'stochastic', or keep these parameters in float32",
     UserWarning,
     stacklevel=4,
