@@ -359,11 +359,11 @@ def _leaf(u, p, c, compensation, count, key, index):
   """One leaf's compensated update and residual buffer."""
   if u is None:
     return None, c
-  p = _as_array(p)
+  p = jnp.asarray(p)  # a NumPy float64 leaf as JAX stores it (float32 without x64)
   method = method_for(p.dtype, compensation)
   if method is None:
     return u, c
-  u = _as_array(u)
+  u = jnp.asarray(u)
   if method == "kahan":
     return _kahan(u, p, c, count)
   return _stochastic(u, p, jax.random.fold_in(key, index)), c

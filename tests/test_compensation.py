@@ -738,3 +738,18 @@ def test_map_params_with_specs_as_for_optax_masked():
   assert out[-1].residual["w"] == "spec-w"
   assert masked(out[-1].residual["b"])
   assert out[-1].count is None and out[-1].seed is None
+
+
+def test_numpy_float64_params_with_kahan_warn_nothing():
+  """NumPy float64 parameters (float32 to JAX without x64): compensation
+  "kahan" works on them as JAX stores them, without the truncation warnings
+  (the suite turns warnings into errors)."""
+  tx = odx.compensate_rounding("kahan")
+  params = {"w": np.linspace(0.0, 1.0, 4)}
+  state = tx.init(params)
+  for _ in range(100):
+    updates, state = tx.update({"w": np.full(4, 1e-9)}, state, params)
+    params = jax.tree.map(np.asarray, optax.apply_updates(params, updates))
+  assert state.residual["w"].dtype == jnp.float32
+  want = np.linspace(0.0, 1.0, 4).astype(np.float32) + 1e-7
+  np.testing.assert_allclose(params["w"], want, rtol=1e-7, atol=1e-12)
