@@ -25,6 +25,8 @@ from optax_decoupled._conventions import (
 from optax_decoupled._conventions import (
   weight_decay_to_torch as weight_decay_to_torch,
 )
+from optax_decoupled._cooldown import step_drop as step_drop
+from optax_decoupled._cooldown import warmup_stable_decay as warmup_stable_decay
 from optax_decoupled._decay_variants import with_peak as with_peak
 from optax_decoupled._diagnostics import angular_update as angular_update
 from optax_decoupled._diagnostics import (
@@ -39,13 +41,16 @@ from optax_decoupled._masks import all_of as all_of
 from optax_decoupled._masks import describe_mask as describe_mask
 from optax_decoupled._masks import mask_by_ndim as mask_by_ndim
 from optax_decoupled._masks import mask_by_path as mask_by_path
+from optax_decoupled._schedules import CyclePosition as CyclePosition
 from optax_decoupled._schedules import cosine_warm_restarts as cosine_warm_restarts
+from optax_decoupled._schedules import cycle_position as cycle_position
 from optax_decoupled._schedules import (
   normalized_weight_decay as normalized_weight_decay,
 )
 from optax_decoupled._schedules import (
   restart_normalized_weight_decay as restart_normalized_weight_decay,
 )
+from optax_decoupled._schedules import restart_steps as restart_steps
 from optax_decoupled._sharding import trace as trace
 from optax_decoupled._weight_decay import AddL2State as AddL2State
 from optax_decoupled._weight_decay import (
@@ -65,6 +70,7 @@ __all__ = (
   "DEFAULT_WEIGHT_DECAY",
   "AddL2State",
   "CompensationState",
+  "CyclePosition",
   "DecoupledWeightDecayState",
   "FlattenSmallLeavesState",
   "adam_l2",
@@ -77,6 +83,7 @@ __all__ = (
   "check_restore_target",
   "compensate_rounding",
   "cosine_warm_restarts",
+  "cycle_position",
   "describe_mask",
   "equilibrium_angular_update",
   "equilibrium_steps",
@@ -85,14 +92,17 @@ __all__ = (
   "mask_by_path",
   "normalized_weight_decay",
   "restart_normalized_weight_decay",
+  "restart_steps",
   "scale_by_adam",
   "sgd_l2",
   "sgdw",
   "sgdwr",
+  "step_drop",
   "trace",
   "weight_decay_from_timescale",
   "weight_decay_from_torch",
   "weight_decay_to_torch",
+  "warmup_stable_decay",
   "with_decoupled_weight_decay",
   "with_peak",
 )

@@ -1,11 +1,12 @@
-"""SGDR's cosine schedule with warm restarts, and normalized weight decay."""
+"""SGDR's cosine schedule with warm restarts, where its cycles fall, and
+normalized weight decay."""
 
 import dataclasses
 import functools
 import math
 from decimal import ROUND_CEILING, Context, Decimal, localcontext
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +152,7 @@ def _known_plan(first_cycle_steps: Any, cycle_mult: Any) -> _Plan | None:
   return _plan(first, mult)
 
 
-def cycle_position(
+def _locate(
   step: jax.Array, first_cycle_steps: Any, cycle_mult: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Locates ``step`` (counted from the first cycle's start) in SGDR.
@@ -193,7 +194,7 @@ def cycle_position(
 
 
 def _float_cycle_position(step, first_cycle_steps, cycle_mult):
-  """``cycle_position`` in float32, for arguments not known when built."""
+  """``_locate`` in float32, for arguments not known when built."""
   s = step.astype(jnp.float32)
   first = jnp.asarray(first_cycle_steps, jnp.float32)
   mult = jnp.asarray(cycle_mult, jnp.float32)
@@ -311,7 +312,7 @@ def cosine_warm_restarts(
     warmup = jnp.asarray(warmup_steps, jnp.int32)
     lo = jnp.asarray(min_value, jnp.float32)
     hi = jnp.asarray(max_value, jnp.float32)
-    i, t_cur, t_i = cycle_position(count - warmup, first_cycle_steps, cycle_mult)
+    i, t_cur, t_i = _locate(count - warmup, first_cycle_steps, cycle_mult)
     decay = jnp.asarray(cycle_decay, jnp.float32) ** i.astype(jnp.float32)
     peak = jnp.maximum(hi * decay, lo)
     cosine = lo + 0.5 * (peak - lo) * (1 + jnp.cos(jnp.pi * t_cur / t_i))
@@ -320,6 +321,110 @@ def cosine_warm_restarts(
 
   schedule.schedule_peak = max_value  # η_max, for corrected decay
   return schedule
+
+
+class CyclePosition(NamedTuple):
+  """Where a step falls in SGDR's cycles (see :func:`cycle_position`)."""
+
+  #: The cycle's index ``i`` (int32), 0 for the first.
+  cycle: jax.Array
+  #: ``T_cur``: steps since the cycle began (float32; fractional when the
+  #: cycle began between two steps).
+  steps_into_cycle: jax.Array
+  #: ``T_i``: the cycle's length in steps (float32).
+  cycle_steps: jax.Array
+
+
+def cycle_position(
+  step: jax.typing.ArrayLike,
+  first_cycle_steps: jax.typing.ArrayLike,
+  cycle_mult: jax.typing.ArrayLike = 1,
+  warmup_steps: jax.typing.ArrayLike = 0,
+) -> CyclePosition:
+  """Which cycle of :func:`cosine_warm_restarts` a step is in, and how far in.
+
+  Takes the same cycle arguments as :func:`cosine_warm_restarts` (and places
+  the cycles exactly as it does), so a training loop can tell where it is:
+  ``cycle_position(count, 100, 2).cycle`` changes exactly where ``η_t`` jumps
+  back to its peak. It jits with a traced int32 ``step``; during warmup the
+  position is the first cycle's start. For the restart steps of a whole run,
+  as Python integers, use :func:`restart_steps`.
+
+  Args:
+    step: the 0-based step count (the optimizer's ``count``).
+    first_cycle_steps: ``T_0`` (>= 1).
+    cycle_mult: ``T_mult`` (>= 1).
+    warmup_steps: steps before the first cycle (>= 0).
+
+  Returns:
+    A :class:`CyclePosition` ``(cycle, steps_into_cycle, cycle_steps)``.
+
+  Example:
+    >>> import optax_decoupled as odx
+    >>> pos = odx.cycle_position(7, first_cycle_steps=4, cycle_mult=2)
+    >>> int(pos.cycle), float(pos.steps_into_cycle), float(pos.cycle_steps)
+    (1, 3.0, 8.0)
+  """
+  _check_cycles(first_cycle_steps, cycle_mult, warmup_steps)
+  count = clamp_count(step)
+  return CyclePosition(
+    *_locate(
+      count - jnp.asarray(warmup_steps, jnp.int32), first_cycle_steps, cycle_mult
+    )
+  )
+
+
+def restart_steps(
+  total_steps: int,
+  first_cycle_steps: float,
+  cycle_mult: float = 1,
+  warmup_steps: int = 0,
+) -> list[int]:
+  """The steps below ``total_steps`` at which a new cycle begins (a restart).
+
+  With the cycles of :func:`cosine_warm_restarts` (same arguments, placed
+  exactly): step ``s`` is listed when ``η_s`` is the peak of a new cycle.
+  Cycle ``i`` therefore ends after ``s_i`` updates, i.e. after the update at
+  0-based count ``s_i - 1``: that is where to take a snapshot at a cycle's
+  end (the end of the run is the last one, if a cycle ends there).
+
+  Args:
+    total_steps: the run's length in steps (>= 0).
+    first_cycle_steps: ``T_0`` (>= 1), a number.
+    cycle_mult: ``T_mult`` (>= 1), a number.
+    warmup_steps: steps before the first cycle (>= 0).
+
+  Returns:
+    The restart steps, increasing, as Python integers.
+
+  Example:
+    >>> import optax_decoupled as odx
+    >>> odx.restart_steps(3000, first_cycle_steps=200, cycle_mult=2)
+    [200, 600, 1400]
+    >>> odx.restart_steps(10, first_cycle_steps=2.5)
+    [3, 5, 8]
+  """
+  for name, value in (
+    ("total_steps", total_steps),
+    ("first_cycle_steps", first_cycle_steps),
+    ("cycle_mult", cycle_mult),
+    ("warmup_steps", warmup_steps),
+  ):
+    _checks.check_number(name, value)
+  _checks.check_step_count("total_steps", total_steps)
+  _check_cycles(first_cycle_steps, cycle_mult, warmup_steps)
+  plan = _plan(float(first_cycle_steps), float(cycle_mult))
+  span = int(total_steps) - int(warmup_steps)  # steps after warmup
+  starts = [int(s) for s in plan.starts[1:]]
+  if plan.period is not None:  # the table repeats every period steps
+    starts = [int(s) for s in plan.starts]
+    starts = [
+      base + s
+      for base in range(0, max(span, 0), plan.period)
+      for s in starts
+      if 0 < base + s
+    ]
+  return [int(warmup_steps) + s for s in starts if s < span]
 
 
 def normalized_weight_decay(
@@ -406,7 +511,7 @@ def restart_normalized_weight_decay(
 
   def schedule(count):
     count = clamp_count(count)
-    _, _, t_i = cycle_position(
+    _, _, t_i = _locate(
       count - jnp.asarray(warmup_steps, jnp.int32), first_cycle_steps, cycle_mult
     )
     return jnp.asarray(lambda_norm, jnp.float32) * jax.lax.rsqrt(t_i)

@@ -44,7 +44,6 @@ def run(args):
   import numpy as np
 
   import optax_decoupled as odx
-  from optax_decoupled._schedules import cycle_position
   from optax_decoupled.cli import _plots
   from optax_decoupled.cli._train import schedule_values
 
@@ -66,13 +65,9 @@ def run(args):
   _limits.check(_limits.schedule_bytes(args.steps), "--steps")
   steps = np.arange(args.steps)
   eta_t, lam_t = schedule_values(eta, steps), schedule_values(lam, steps)
-  cycle = schedule_values(
-    lambda t: cycle_position(
-      t - args.warmup_steps, args.first_cycle_steps, args.cycle_mult
-    )[0],
-    steps,
+  restarts = odx.restart_steps(
+    args.steps, args.first_cycle_steps, args.cycle_mult, args.warmup_steps
   )
-  restarts = [int(t) for t in np.flatnonzero(np.diff(cycle) > 0) + 1]
   with _outputs.staging(args.out) as tmp:
     title = (
       f"cosine_warm_restarts(first_cycle_steps={args.first_cycle_steps}, "
