@@ -118,6 +118,96 @@ def budgets(text):
   return sorted(values)
 
 
+def fractions(text):
+  """Comma-separated fractions in (0, 1), increasing (step-drop's drops)."""
+  values = [number(part.strip(), float) for part in text.split(",") if part.strip()]
+  if not values or any(not 0 < v < 1 for v in values) or values != sorted(set(values)):
+    raise argparse.ArgumentTypeError(
+      f"{text!r} must be increasing fractions in (0, 1), e.g. 0.5,0.75"
+    )
+  return tuple(values)
+
+
+def steps_list(text):
+  """Comma-separated step counts >= 1, increasing (may be empty)."""
+  values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+  if values != sorted(set(values)):
+    raise argparse.ArgumentTypeError(
+      f"{text!r} must be increasing steps, e.g. 600,1200"
+    )
+  return tuple(values)
+
+
+def unit_fraction(text):
+  value = number(text, float)
+  if not 0 <= value <= 1:
+    raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1]")
+  return value
+
+
+def add_schedule_arguments(p):
+  """``--schedule`` and its options, for optimizers without restarts."""
+  from optax_decoupled.cli import _train
+
+  g = p.add_argument_group("η_t without restarts (adamw, sgdw, adam_l2, sgd_l2, ...)")
+  g.add_argument(
+    "--schedule",
+    choices=_train.SCHEDULES,
+    default="cosine",
+    help="cosine: one cosine over the run; constant; step-drop: ×--drop-factor "
+    "at --drop-at; wsd: warmup-stable-decay, a --cooldown share of the run "
+    "cooled down at the end (and before each --checkpoints step: WSD-S). "
+    "Default %(default)s",
+  )
+  g.add_argument(
+    "--drop-at", type=fractions, help="step-drop: fractions of the run (0.5,0.75)"
+  )
+  g.add_argument(
+    "--drop-factor", type=positive_float, help="step-drop: each drop's multiplier (0.1)"
+  )
+  g.add_argument(
+    "--cooldown", type=unit_fraction, help="wsd: the cool-down's share of the run (0.2)"
+  )
+  g.add_argument(
+    "--cooldown-shape", choices=("1-sqrt", "linear", "cosine"), help="wsd (1-sqrt)"
+  )
+  g.add_argument(
+    "--checkpoints",
+    type=steps_list,
+    help="wsd: steps before the end that get a cool-down of their own (WSD-S)",
+  )
+
+
+#: Which ``--schedule`` each schedule option belongs to.
+_SCHEDULE_OPTIONS = {
+  "drop_at": "step-drop",
+  "drop_factor": "step-drop",
+  "cooldown": "wsd",
+  "cooldown_shape": "wsd",
+  "checkpoints": "wsd",
+}
+
+
+def schedule_options(args, *, restarts: bool) -> dict:
+  """The Recipe fields of ``--schedule`` and its options, checked together."""
+  given = {
+    k: getattr(args, k) for k in _SCHEDULE_OPTIONS if getattr(args, k) is not None
+  }
+  for key in given:
+    if restarts or _SCHEDULE_OPTIONS[key] != args.schedule:
+      flag = "--" + key.replace("_", "-")
+      raise UsageError(
+        f"{flag} applies to --schedule {_SCHEDULE_OPTIONS[key]}"
+        + (f", not to {args.optimizer} (it restarts)" if restarts else "")
+      )
+  if restarts and args.schedule != "cosine":
+    raise UsageError(
+      f"--schedule {args.schedule}: {args.optimizer} restarts (cosine cycles); "
+      "use adamw or sgdw"
+    )
+  return {"schedule": args.schedule, **given}
+
+
 def value_range(text):
   """``LO,HI`` with ``0 < LO <= HI``, for a log-spaced axis."""
   parts = text.split(",")
@@ -250,7 +340,7 @@ def load(args, *, seed):
     train=len(split.y_train),
     test=len(split.y_test),
   )
-  knobs = "--grid, --seeds, --steps" if args.command == "sweep" else "--steps"
+  knobs = "--grid, --seeds, --steps" if args.command != "train" else "--steps"
   _limits.check(parts, f"{knobs}, --hidden, --batch-size or the data's size")
   return _data.corrupt_labels(split, args.label_noise, seed=seed)
 

@@ -17,8 +17,9 @@ def add_parser(sub) -> None:
     help="train an MLP with one optimizer",
     description="Train a small Flax NNX MLP with one of the paper's "
     "optimizers; write metrics.json, curves.npz and train.png to --out. Optimizers "
-    "without restarts anneal η_t by one cosine over the run; adamwr/sgdwr "
-    "restart (cycles of --first-cycle-steps, growing by --cycle-mult).",
+    "without restarts follow --schedule (one cosine over the run by default); "
+    "adamwr/sgdwr restart (cycles of --first-cycle-steps, growing by "
+    "--cycle-mult).",
   )
   p.add_argument("--optimizer", choices=_train.OPTIMIZERS, default="adamwr")
   p.add_argument(
@@ -48,6 +49,7 @@ def add_parser(sub) -> None:
   p.add_argument(
     "--cycle-mult", type=_args.positive_int, help="adamwr/sgdwr: T_mult (default 2)"
   )
+  _args.add_schedule_arguments(p)
   p.add_argument("--seed", type=_args.non_negative_int, default=0, help="(%(default)s)")
   p.add_argument("--out", default="runs/train", help="output folder (%(default)s)")
   _args.add_overwrite(p)
@@ -66,6 +68,7 @@ def run(args):
     raise _args.UsageError(
       f"--first-cycle-steps/--cycle-mult apply to adamwr/sgdwr, not {args.optimizer}"
     )
+  schedule = _args.schedule_options(args, restarts=restarts)
   _outputs.check_out(args.out, overwrite=args.overwrite)
   data = _args.load(args, seed=args.seed)
   arch = _args.arch(args)
@@ -89,6 +92,7 @@ def run(args):
     cycle_mult=args.cycle_mult or 2,
     mask=arch.decay_mask(),
     compensation=_args.compensation(args),
+    **schedule,
   )
   recipe.tx()  # builds the optimizer: the library's ValueErrors come out here
   with _outputs.staging(args.out) as tmp:

@@ -62,7 +62,7 @@ def _model_bytes(args, features, classes, examples):
 
 
 def run_bytes(args, *, features: int, classes: int, train: int, test: int) -> dict:
-  """The estimate for ``args.command`` ("train" or "sweep"), by part."""
+  """The estimate for ``args.command`` (train, sweep or restarts), by part."""
   examples = max(args.batch_size, train, test)
   parts = {"data": _F32 * (train + test) * (features + 1)}
   if args.command == "sweep":
@@ -74,6 +74,18 @@ def run_bytes(args, *, features: int, classes: int, train: int, test: int) -> di
     )
     parts["batch indices"] = (runs + args.seeds) * steps * args.batch_size * _F32
     parts["per-step angular updates"] = runs * steps * _F32
+  elif args.command == "restarts":
+    # 8 schedules x the tuning grid, then (8 + up to 8 shorter cosines) x seeds,
+    # each recording its parameters at about 50 evaluation steps.
+    n_lr, n_wd = args.grid
+    runs = max(8 * n_lr * n_wd, 16 * args.seeds)
+    params = mlp_parameters(features, args.hidden, args.depth, classes)
+    parts["model x runs"] = runs * _model_bytes(args, features, classes, examples)
+    parts["snapshots"] = 16 * args.seeds * 50 * params * _F32
+    parts["batch indices"] = (
+      (runs + args.seeds + 1) * args.steps * args.batch_size * _F32
+    )
+    parts["per-step tables and angular updates"] = 3 * runs * args.steps * _F32
   else:
     parts["model"] = _model_bytes(args, features, classes, examples)
     parts["per-step curves"] = args.steps * _PER_STEP

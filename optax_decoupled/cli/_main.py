@@ -1,6 +1,6 @@
 """``optax-decoupled``: train with the paper's optimizers, sweep lr x weight decay.
 
-Subcommands ``train``, ``sweep`` and ``schedule`` (see ``--help`` of each).
+Subcommands ``train``, ``sweep``, ``restarts`` and ``schedule`` (see ``--help`` of each).
 Every argument is checked before anything is written; a bad one ends the
 command with a one-line message and exit status 2. ``--out`` is claimed before
 any work (see ``_outputs``): outputs are staged inside it and moved into place
@@ -12,18 +12,30 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from optax_decoupled.cli import _args, _cmd_schedule, _cmd_sweep, _cmd_train, _outputs
+from optax_decoupled.cli import (
+  _args,
+  _cmd_restarts,
+  _cmd_schedule,
+  _cmd_sweep,
+  _cmd_train,
+  _outputs,
+)
 
 #: The subcommands, each a module with ``add_parser(sub)`` and ``run(args)``.
-_COMMANDS = {"train": _cmd_train, "sweep": _cmd_sweep, "schedule": _cmd_schedule}
+_COMMANDS = {
+  "train": _cmd_train,
+  "sweep": _cmd_sweep,
+  "restarts": _cmd_restarts,
+  "schedule": _cmd_schedule,
+}
 
 
 def _parser():
   parser = _args.Parser(
     prog="optax-decoupled",
     description="Decoupled weight decay (Loshchilov & Hutter): train a small "
-    "MLP, reproduce the paper's learning-rate x weight-decay heatmaps, plot "
-    "SGDR schedules.",
+    "MLP, reproduce the paper's learning-rate x weight-decay heatmaps, compare "
+    "warm restarts with other schedules, plot SGDR schedules.",
   )
   parser.add_argument("--version", action="version", version=_version())
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_args.Parser)

@@ -207,3 +207,94 @@ def schedule(path: str, steps, eta, decay, restarts, title: str) -> None:
       ax.axvline(r, color="grey", lw=0.6, ls="--")
   fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def restarts(path: str, study: dict) -> None:
+  """Test error during the run, one column per family: the restart schedules
+  against one cosine (top), the restart-free ones (middle); the angular update
+  of the restart and one-cosine runs with its equilibrium (bottom).
+
+  The one-cosine runs as long as each cycle end are black crosses; the
+  T_mult=2 restarts are dotted lines.
+  """
+  plt = _pyplot()
+  families = study["families"]
+  fig, axes = plt.subplots(
+    3,
+    len(families),
+    figsize=(7.5 * len(families), 12.5),
+    squeeze=False,
+    constrained_layout=True,
+  )
+  groups = (
+    ("cosine", "restarts-x2", "restarts-x1", "restarts-x2-norm"),
+    ("cosine", "step-drop", "wsd", "wsd-s", "constant"),
+  )
+  for column, result in enumerate(families.values()):
+    steps = np.asarray(result["eval_steps"])
+    arms = result["arms"]
+    restarts = arms["restarts-x2"]["snapshot_steps"][:-1]
+    finals = [a["final_test_error"]["mean"] for a in arms.values()]
+    for row, group in enumerate(groups):
+      ax = axes[row, column]
+      for name in group:
+        k = list(arms).index(name)
+        mean = 100 * np.asarray(arms[name]["curve_mean"])
+        std = 100 * np.asarray(arms[name]["curve_std"])
+        ax.plot(steps, mean, color=f"C{k}", lw=1.4, label=arms[name]["label"])
+        ax.fill_between(steps, mean - std, mean + std, color=f"C{k}", alpha=0.15, lw=0)
+      if row == 0:
+        points = sorted(
+          {
+            (p["step"], 100 * p["one_cosine_of_that_length"]["mean"])
+            for name in ("restarts-x2", "restarts-x1")
+            for p in arms[name]["anytime"]
+          }
+        )
+        ax.plot(
+          *zip(*points, strict=True),
+          "kx",
+          ms=8,
+          mew=2,
+          label="one cosine as long as the run so far",
+        )
+      for r in restarts if row == 0 else ():
+        ax.axvline(r, color="grey", lw=0.8, ls=":")
+      what = "warm restarts" if row == 0 else "schedules without restarts"
+      ax.set(
+        xlabel="step",
+        ylabel="test error (%)",
+        ylim=(100 * min(finals) - 1.5, 100 * max(finals) + 16),
+        title=f"{result['optimizer']}: {what} (mean of seeds, ± 1 sd)",
+      )
+      ax.legend(fontsize=8, loc="upper right")
+    bottom = axes[2, column]
+    angular = result["angular"]
+    bins = angular["bin_steps"]
+    for k, name in enumerate(("cosine", "restarts-x2")):
+      curve = angular[name]
+      x = (np.arange(len(curve["measured"])) + 0.5) * bins
+      label = arms[name]["label"]
+      bottom.plot(
+        x, curve["measured"], color=f"C{k}", lw=1.4, label=f"{label}: measured"
+      )
+      bottom.plot(
+        x,
+        curve["predicted"],
+        color=f"C{k}",
+        lw=1,
+        ls="--",
+        label=f"{label}: equilibrium sqrt(2λη_t(1-β1)/(1+β1))",
+      )
+    for r in restarts:
+      bottom.axvline(r, color="grey", lw=0.8, ls=":")
+    bottom.set(
+      yscale="log",
+      xlabel="step",
+      ylabel="‖Δθ‖/‖θ‖ per step",
+      title=f"{result['optimizer']}: angular update of the hidden kernels "
+      f"(mean over {bins}-step bins)",
+    )
+    bottom.legend(fontsize=8, loc="lower left")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

@@ -41,6 +41,10 @@ OPTIMIZER_TABLE: dict[str, tuple[Callable[..., Any], dict[str, bool]]] = {
 OPTIMIZERS = tuple(OPTIMIZER_TABLE)
 ADAM_TYPE = tuple(n for n in OPTIMIZERS if n.startswith("adam"))
 RESTARTS = ("adamwr", "sgdwr")
+#: ``η_t`` of the optimizers without restarts: one cosine over the run, a
+#: constant, the paper's step-drop, warmup-stable-decay (WSD; WSD-S with
+#: checkpoints).
+SCHEDULES = ("cosine", "constant", "step-drop", "wsd")
 DECOUPLED = tuple(n for n in OPTIMIZERS if not n.endswith("_l2"))
 
 
@@ -63,9 +67,9 @@ class Recipe:
   """Which optimizer, and its ``η_t``/``λ_t`` schedules, for a run of ``steps``.
 
   ``weight_decay`` is ``λ`` (or ``λ_norm`` when ``normalized``). Optimizers
-  without restarts anneal ``η_t`` by one cosine cycle over the run (the
-  paper's AdamW/SGDW runs); ``*wr`` restart every ``first_cycle_steps`` steps,
-  cycles growing by ``cycle_mult``.
+  without restarts follow ``schedule`` (:data:`SCHEDULES`; by default one
+  cosine cycle over the run, the paper's AdamW/SGDW runs); ``*wr`` restart
+  every ``first_cycle_steps`` steps, cycles growing by ``cycle_mult``.
   """
 
   optimizer: str
@@ -81,6 +85,15 @@ class Recipe:
   compensation: str | None = "auto"
   #: Storage dtype of Adam's moments (None: the parameters'); Adam-type only.
   moment_dtype: str | None = None
+  schedule: str = "cosine"
+  #: step-drop: the fractions of the run where η_t is multiplied by ``drop_factor``.
+  drop_at: tuple[float, ...] = (0.5, 0.75)
+  drop_factor: float = 0.1
+  #: wsd: the cool-down's share of the run (of each checkpoint's steps), its
+  #: shape, and the steps before the end that get a cool-down of their own.
+  cooldown: float = 0.2
+  cooldown_shape: str = "1-sqrt"
+  checkpoints: tuple[int, ...] = ()
 
   @property
   def restarts(self) -> bool:
@@ -89,7 +102,28 @@ class Recipe:
   def eta(self) -> optax.Schedule:
     if self.restarts:
       return odx.cosine_warm_restarts(self.first_cycle_steps, self.cycle_mult)
+    if self.schedule == "constant":
+      return odx.with_peak(optax.constant_schedule(1.0), 1.0)
+    if self.schedule == "step-drop":
+      return odx.step_drop(self.steps, drop_at=self.drop_at, factor=self.drop_factor)
+    if self.schedule == "wsd":
+      return odx.warmup_stable_decay(
+        self.steps,
+        decay_fraction=self.cooldown,
+        shape=self.cooldown_shape,
+        checkpoints=self.checkpoints,
+      )
+    if self.schedule != "cosine":
+      raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
     return odx.cosine_warm_restarts(self.steps)
+
+  def snapshot_steps(self) -> list[int]:
+    """Where ``η_t`` ends a cycle or a cool-down: restarts, checkpoints, the end."""
+    if self.restarts:
+      ends = odx.restart_steps(self.steps, self.first_cycle_steps, self.cycle_mult)
+    else:
+      ends = list(self.checkpoints) if self.schedule == "wsd" else []
+    return [*ends, self.steps]
 
   def lam(self) -> optax.Schedule | float:
     """``λ_t`` as the optimizer gets it (a number, or a schedule under restarts)."""
