@@ -440,38 +440,11 @@ def load_sweeps(docs):
   return out
 
 
-def rewrite_page(page, tables):
-  """Replaces each ``<!-- precision:NAME -->`` ... ``<!-- /precision -->``
-  block of ``page`` with its table."""
-  with open(page) as f:
-    text = f.read()
-  for name, body in tables.items():
-    start, end = f"<!-- precision:{name} -->", "<!-- /precision -->"
-    if start in text:
-      head, rest = text.split(start, 1)
-      text = head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
-  with open(page, "w") as f:
-    f.write(text)
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="smaller runs, ~1 min")
   p.add_argument("--out", default=os.path.join(HERE, "..", "docs"))
-  p.add_argument(
-    "--render",
-    action="store_true",
-    help="only rewrite the tables of docs/precision.md and precision.png from "
-    "the JSON in --out",
-  )
   args = p.parse_args()
-  if args.render:
-    with open(os.path.join(args.out, "precision.json")) as f:
-      payload = json.load(f)
-    tables = render(payload, load_sweeps(args.out))
-    rewrite_page(os.path.join(args.out, "precision.md"), tables)
-    figure(os.path.join(args.out, "precision.png"), payload["curves"])
-    return
   started, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
   steps, seeds, train_steps = (2000, 4, 300) if args.quick else (10_000, 16, 3000)
   print("decay only ...", flush=True)
@@ -505,7 +478,8 @@ def main():
   figure(os.path.join(args.out, "precision.png"), payload["curves"])
   print(
     f"{payload['wall_seconds']:.0f} s wall, {payload['cpu_seconds']:.0f} s CPU, "
-    f"load average {payload['load_average'][0]:.1f} -> {args.out}"
+    f"load average {payload['load_average'][0]:.1f} -> {args.out}; "
+    "python docs/render.py rewrites the docs' tables from it"
   )
 
 

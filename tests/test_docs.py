@@ -70,32 +70,52 @@ def test_readme_pictures_have_absolute_urls():
     assert target.startswith("https://"), target
 
 
-def test_precision_page_tables_come_from_its_json():
-  """docs/precision.md's tables are what benchmarks/precision.py renders from
-  docs/precision.json and the committed bfloat16 sweeps (regenerate with
-  ``python benchmarks/precision.py`` then ``--render``): a number edited by
-  hand in the page fails here."""
+def _render_module():
   import importlib.util
-  import json
 
-  path = os.path.join(ROOT, "benchmarks", "precision.py")
-  spec = importlib.util.spec_from_file_location("precision_study", path)
+  path = os.path.join(ROOT, "docs", "render.py")
+  spec = importlib.util.spec_from_file_location("render_docs", path)
   assert spec is not None and spec.loader is not None
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  docs = os.path.join(ROOT, "docs")
-  with open(os.path.join(docs, "precision.json"), encoding="utf-8") as f:
-    payload = json.load(f)
-  tables = module.render(payload, module.load_sweeps(docs))
-  assert set(tables) == {
-    "decay-bfloat16",
-    "decay-float16",
-    "logistic",
-    "memory",
-    "training",
-    "sweeps",
-  }
-  with open(os.path.join(docs, "precision.md"), encoding="utf-8") as f:
-    page = f.read()
-  for name, body in tables.items():
-    assert f"<!-- precision:{name} -->\n{body}\n<!-- /precision -->" in page, name
+  return module
+
+
+def test_generated_blocks_come_from_the_committed_json():
+  """Every ``<!-- STUDY:NAME -->`` block of the README and the docs is what
+  ``docs/render.py`` renders from the committed JSON (regenerate the study,
+  then ``python docs/render.py``): a number edited by hand in a page, or a
+  JSON edited without re-rendering, fails here."""
+  render = _render_module()
+  rendered = {study: make() for study, make in render.STUDIES.items()}
+  found = set()
+  for page in render.pages():
+    with open(page, encoding="utf-8") as f:
+      text = f.read()
+    for study, name, body in render.blocks(text):
+      assert study in rendered, (page, study)
+      assert body == rendered[study][name], (page, study, name)
+      found.add((study, name))
+  # Every table the studies render is shown somewhere.
+  assert found == {(s, n) for s, tables in rendered.items() for n in tables}
+
+
+def test_render_rewrites_exactly_the_blocks():
+  render = _render_module()
+  text = (
+    "a\n<!-- x:one -->\nold 1\n<!-- /x -->\nb 3.5 %\n<!-- x:two -->\nold\n<!-- /x -->\n"
+  )
+  new = render.rewrite(text, "x", {"one": "| 1 |", "two": "| 2 |"})
+  assert (
+    new
+    == "a\n<!-- x:one -->\n| 1 |\n<!-- /x -->\nb 3.5 %\n<!-- x:two -->\n| 2 |\n<!-- /x -->\n"
+  )
+  assert render.blocks(new) == [("x", "one", "| 1 |"), ("x", "two", "| 2 |")]
+  # New, empty blocks side by side are filled one by one, not merged.
+  empty = "<!-- x:one -->\n<!-- /x -->\n\ntext\n<!-- x:two -->\n<!-- /x -->\n"
+  assert render.blocks(empty) == [("x", "one", ""), ("x", "two", "")]
+  filled = render.rewrite(empty, "x", {"one": "| 1 |", "two": "| 2 |"})
+  assert (
+    filled
+    == "<!-- x:one -->\n| 1 |\n<!-- /x -->\n\ntext\n<!-- x:two -->\n| 2 |\n<!-- /x -->\n"
+  )

@@ -49,6 +49,8 @@ def add_parser(sub) -> None:
 
 
 def run(args):
+  import os
+  import resource
   import time
 
   from optax_decoupled.cli import _restarts
@@ -76,6 +78,7 @@ def run(args):
     tune_seed=0,
   )
   started = time.perf_counter()
+  cpu = resource.getrusage(resource.RUSAGE_SELF)
   study = _restarts.study(
     [known[n] for n in names],
     data,
@@ -89,8 +92,20 @@ def run(args):
     settings=settings,
     compensation=_args.compensation(args),
   )
-  study.payload["seconds"] = time.perf_counter() - started
+  used = resource.getrusage(resource.RUSAGE_SELF)
+  study.payload["time"] = {
+    "wall_seconds": time.perf_counter() - started,
+    "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
+    "cpus": os.cpu_count(),
+    "load_average": os.getloadavg()[0],
+    "measures": "the study (data loaded; figures not drawn): wall and CPU "
+    "seconds of this process, its cores, and the 1-minute load average at the end",
+  }
   with _outputs.staging(args.out) as tmp:
     study.write(tmp, _outputs.write_json)
-  print(f"-> {args.out}")
+  t = study.payload["time"]
+  print(
+    f"-> {args.out} ({t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU "
+    f"on {t['cpus']} cores, load average {t['load_average']:.1f})"
+  )
   return 0

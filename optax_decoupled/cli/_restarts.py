@@ -545,3 +545,157 @@ def _report(name: str, result: dict) -> list[str]:
     )
     lines.append(f"anytime, {ARMS[arm]} vs one cosine of that length (%): {points}")
   return lines
+
+
+def _pm(spread: dict) -> str:
+  return f"{100 * spread['mean']:.2f} ± {100 * spread['std']:.2f} %"
+
+
+def render(payload: dict) -> dict[str, str]:
+  """The Markdown blocks of the docs and README, by name, from ``restarts.json``."""
+  out = {}
+  settings = payload["settings"]
+  grids = payload["grids"]
+  time_ = payload.get("time", {})
+  grid_text = "; ".join(
+    f"{FAMILIES[f][0]}: α ∈ {{{', '.join(f'{a:.2g}' for a in g['learning_rates'])}}}, "
+    f"λ ∈ {{{', '.join(f'{w:.2g}' for w in g['weight_decays'])}}}"
+    for f, g in grids.items()
+  )
+  out["settings"] = (
+    f"{settings['steps']} steps of batch {settings['batch_size']} on {settings['dataset']} "
+    f"({settings['train_examples']} train / {settings['test_examples']} test examples), "
+    f"the `{settings['model']}` MLP ({settings['depth']} x {settings['hidden']}); "
+    f"tuned on seed {settings['tune_seed']} over {grid_text}; reported on seeds "
+    f"{', '.join(map(str, settings['seeds']))} (mean ± sample sd). "
+    + (
+      f"The command took {time_['wall_seconds']:.0f} s wall, "
+      f"{time_['cpu_seconds']:.0f} s CPU on {time_['cpus']} cores "
+      f"(load average {time_['load_average']:.1f} at the end)."
+      if time_
+      else ""
+    )
+  )
+  for family, result in payload["families"].items():
+    name = result["optimizer"]
+    rows = [
+      f"| {name}: schedule | α | λ | final test error | ensemble of the last "
+      f"{settings['snapshots']} cycle ends | their weight average (SWA) |",
+      "|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm, e in result["arms"].items():
+      edge = " *" if result["tuning"][arm]["at_grid_edge"] else ""
+      ens = _pm(e["ensemble_test_error"]) if "ensemble_test_error" in e else "-"
+      swa = _pm(e["weight_average_test_error"]) if "ensemble_test_error" in e else "-"
+      rows.append(
+        f"| {e['label']} | {e['learning_rate']:.2g} | {e['weight_decay']:.2g}{edge} "
+        f"| {_pm(e['final_test_error'])} | {ens} | {swa} |"
+      )
+    out[f"final-{family}"] = "\n".join(rows)
+    arms = result["arms"]
+    steps = sorted({p["step"] for a in SNAPSHOT_ARMS for p in arms[a]["anytime"]})
+    rows = [
+      "| step | one cosine of that length | "
+      + " | ".join(ARMS[a] for a in SNAPSHOT_ARMS)
+      + " |",
+      "|---:|---:|" + "---:|" * len(SNAPSHOT_ARMS),
+    ]
+    for step in steps:
+      cells, reference = [], "-"
+      for a in SNAPSHOT_ARMS:
+        point = next((p for p in arms[a]["anytime"] if p["step"] == step), None)
+        cells.append("-" if point is None else _pm(point["test_error"]))
+        if point is not None:
+          reference = _pm(point["one_cosine_of_that_length"])
+      rows.append(f"| {step} | {reference} | " + " | ".join(cells) + " |")
+    out[f"anytime-{family}"] = "\n".join(rows)
+  families = list(payload["families"].values())
+  rows = [
+    "| schedule | "
+    + " | ".join(f"{r['optimizer']}: final test error" for r in families)
+    + " |",
+    "|---|" + "---:|" * len(families),
+  ]
+  for arm in ARMS:
+    rows.append(
+      f"| {ARMS[arm]} | "
+      + " | ".join(_pm(r["arms"][arm]["final_test_error"]) for r in families)
+      + " |"
+    )
+  out["readme"] = "\n".join(rows)
+  out["claims"] = "\n".join(_claims(payload["families"]))
+  return out
+
+
+def _versus(a: dict, b: dict) -> str:
+  """``a - b`` in points of test error, and whether it exceeds the seeds' sd."""
+  diff = round(100 * (a["mean"] - b["mean"]), 2) + 0  # no "-0.00"
+  spread = 100 * max(a["std"], b["std"])
+  verdict = (
+    "within the seeds' sd"
+    if abs(diff) <= spread
+    else ("lower by more than the sd" if diff < 0 else "higher by more than the sd")
+  )
+  return f"{diff:+.2f} points ({verdict}, {spread:.2f})"
+
+
+def _claims(families: dict) -> list[str]:
+  """One bullet per claim, each comparison for every optimizer, computed."""
+
+  def each(compare) -> str:
+    return "; ".join(
+      f"{r['optimizer']} {compare(r['arms'])}" for r in families.values()
+    )
+
+  def anytime(arm):
+    def compare(arms):
+      points = arms[arm]["anytime"][:-1]
+      diffs = [
+        100 * (p["test_error"]["mean"] - p["one_cosine_of_that_length"]["mean"])
+        for p in points
+      ]
+      spread = max(
+        100 * max(p["test_error"]["std"], p["one_cosine_of_that_length"]["std"])
+        for p in points
+      )
+      low, high = (round(min(diffs), 2) + 0, round(max(diffs), 2) + 0)
+      return f"{low:+.2f} to {high:+.2f} points (sd up to {spread:.2f})"
+
+    return compare
+
+  def final(a, b):
+    return lambda arms: _versus(
+      arms[a]["final_test_error"], arms[b]["final_test_error"]
+    )
+
+  def combined(arm, key):
+    return lambda arms: _versus(arms[arm][key], arms[arm]["final_test_error"])
+
+  return (
+    [
+      f"- **Anytime**, each cycle end before the last against one cosine of that "
+      f"length: {ARMS[arm]}: {each(anytime(arm))}."
+      for arm in SNAPSHOT_ARMS
+    ]
+    + [
+      f"- **Final error**, {ARMS[a]} against {ARMS[b]}: {each(final(a, b))}."
+      for a, b in (
+        ("restarts-x2", "cosine"),
+        ("restarts-x1", "cosine"),
+        ("restarts-x2-norm", "restarts-x2"),
+        ("wsd", "cosine"),
+        ("wsd-s", "wsd"),
+        ("step-drop", "cosine"),
+        ("constant", "cosine"),
+      )
+    ]
+    + [
+      f"- **{what}** of {ARMS[arm]}'s last cycle ends against its final model: "
+      f"{each(combined(arm, key))}."
+      for what, key in (
+        ("Snapshot ensemble", "ensemble_test_error"),
+        ("Weight average", "weight_average_test_error"),
+      )
+      for arm in SNAPSHOT_ARMS
+    ]
+  )

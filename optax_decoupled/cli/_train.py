@@ -120,6 +120,7 @@ class Recipe:
   def snapshot_steps(self) -> list[int]:
     """Where ``η_t`` ends a cycle or a cool-down: restarts, checkpoints, the end."""
     if self.restarts:
+      assert self.first_cycle_steps is not None, "a restarting recipe has cycles"
       ends = odx.restart_steps(self.steps, self.first_cycle_steps, self.cycle_mult)
     else:
       ends = list(self.checkpoints) if self.schedule == "wsd" else []
