@@ -24,6 +24,7 @@ def scale_by_adam(
   nu_dtype: jax.typing.DTypeLike | None = None,
   *,
   nesterov: bool = False,
+  amsgrad: bool = False,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam's bias-corrected moments.
 
@@ -53,9 +54,16 @@ def scale_by_adam(
     nu_dtype: storage dtype of ``v``, floating or complex (None: the
       parameter's).
     nesterov: use Nesterov momentum.
+    amsgrad: divide by the running maximum of ``v_t`` instead (AMSGrad), as
+      PyTorch's ``amsgrad=True`` does it: ``v̂_t = max_{s<=t} v_s / (1-β_2^t)``,
+      the maximum of the raw second moment, bias-corrected at step ``t``
+      (``optax.scale_by_amsgrad`` takes the maximum of the bias-corrected
+      moments instead). The state is then optax's ``ScaleByAmsgradState``
+      (``count``, ``mu``, ``nu``, ``nu_max``; ``nu_max`` in ``nu``'s dtype).
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`.
+    An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`
+    (``optax.ScaleByAmsgradState`` with ``amsgrad=True``).
 
   Example:
     >>> import jax.numpy as jnp, optax_decoupled as odx
@@ -71,21 +79,24 @@ def scale_by_adam(
   _checks.check_state_dtype("mu_dtype", mu_dtype)
   _checks.check_state_dtype("nu_dtype", nu_dtype)
   _checks.check_flag("nesterov", nesterov)
+  _checks.check_flag("amsgrad", amsgrad)
 
   def init_fn(params):
     _check_complex_mu(params, mu_dtype)
-    return ScaleByAdamState(
-      count=jnp.zeros([], jnp.int32),
-      mu=tree_zeros_like_params(params, mu_dtype),
-      nu=tree_zeros_like_params(params, nu_dtype),
-    )
+    count = jnp.zeros([], jnp.int32)
+    mu = tree_zeros_like_params(params, mu_dtype)
+    nu = tree_zeros_like_params(params, nu_dtype)
+    if amsgrad:
+      nu_max = tree_zeros_like_params(params, nu_dtype)
+      return optax.ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+    return ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   def update_fn(updates, state, params=None):
     del params
     count = jnp.asarray(optax.safe_increment(state.count))
     one_pass = _fused.multi_output_fusion()
 
-    def leaf(g, m, v):
+    def leaf(g, m, v, v_max=None):
       g = jnp.asarray(g)
       dt = compute_dtype(g.dtype)  # complex for complex leaves
       rt = jnp.finfo(dt).dtype  # its real counterpart
@@ -102,7 +113,12 @@ def scale_by_adam(
       def scaled_sq(c):
         return c * sq if complex_leaf else c * gd * gd
 
-      fuse = one_pass and g.size >= _fused.ONE_PASS_MIN_SIZE and not complex_leaf
+      fuse = (
+        one_pass
+        and g.size >= _fused.ONE_PASS_MIN_SIZE
+        and not complex_leaf
+        and not amsgrad
+      )
       d1, d2 = _fused.distinct(beta1, beta2) if fuse else (beta1, beta2)
       m_new = (c1 * m.astype(dt) + (1 - c1) * gd).astype(m.dtype)
       v_new = (beta2 * _real(v, rt) + scaled_sq(1 - beta2)).astype(v.dtype)
@@ -117,6 +133,9 @@ def scale_by_adam(
       v_step = _real(v_new, rt)
       if fuse and v.dtype == rt:
         v_step = d2 * v + scaled_sq(1 - d2)
+      if v_max is not None:  # AMSGrad: the largest v so far, as stored
+        v_max = jnp.maximum(_real(v_max, rt), v_step).astype(v_max.dtype)
+        v_step = _real(v_max, rt)
       if nesterov:
         m_hat = c1 * m_step / (1 - beta1 ** (t + 1)).astype(dt) + (1 - c1) * gd / (
           1 - beta1**t
@@ -126,11 +145,14 @@ def scale_by_adam(
       v_hat = v_step / (1 - beta2**t)
       denom = jnp.sqrt(v_hat + jnp.asarray(eps_root, rt)) + jnp.asarray(eps, rt)
       u = m_hat / denom.astype(dt)
-      return u.astype(g.dtype), m_new, v_new
+      return u.astype(g.dtype), m_new, v_new, v_max
 
     treedef = jax.tree.structure(updates)
-    out = treedef.flatten_up_to(jax.tree.map(leaf, updates, state.mu, state.nu))
-    u, mu, nu = (treedef.unflatten([o[k] for o in out]) for k in range(3))
+    moments = (state.mu, state.nu, *((state.nu_max,) if amsgrad else ()))
+    out = treedef.flatten_up_to(jax.tree.map(leaf, updates, *moments))
+    u, mu, nu, nu_max = (treedef.unflatten([o[k] for o in out]) for k in range(4))
+    if amsgrad:
+      return u, optax.ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
     return u, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -87,6 +87,7 @@ def adamw(
   mu_dtype: jax.typing.DTypeLike | None = None,
   nu_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
+  amsgrad: bool = False,
   cautious: bool = False,
   corrected: bool = False,
   schedule_peak: jax.typing.ArrayLike | None = None,
@@ -133,6 +134,8 @@ def adamw(
       the mask callable is taken for a schedule.
     mu_dtype: dtype of the first moment ``m`` (None: the gradient's).
     nesterov: use Nesterov momentum (as ``optax.scale_by_adam``).
+    amsgrad: divide by the running maximum of ``v_t`` (AMSGrad), as
+      ``torch.optim.AdamW(amsgrad=True)`` does (see :func:`scale_by_adam`).
     nu_dtype: dtype of the second moment ``v`` (None: the gradient's).
       ``jnp.bfloat16`` halves its memory, but a change smaller than 2^-9 of
       ``v`` is rounded away: with ``b2 = 0.999``, ``v`` no longer decays
@@ -174,6 +177,7 @@ def adamw(
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         nesterov=nesterov,
+        amsgrad=amsgrad,
       )
     ],
     [_scale_by_rate(learning_rate, schedule_multiplier, -1.0), decay],
@@ -198,6 +202,7 @@ def adam_l2(
   mu_dtype: jax.typing.DTypeLike | None = None,
   nu_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
+  amsgrad: bool = False,
   compensation: str | None = "auto",
   seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -232,6 +237,7 @@ def adam_l2(
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
         nesterov=nesterov,
+        amsgrad=amsgrad,
       ),
     ],
     [_scale_by_rate(learning_rate, schedule_multiplier, -1.0)],
@@ -419,6 +425,7 @@ def adamwr(
   mu_dtype: jax.typing.DTypeLike | None = None,
   nu_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
+  amsgrad: bool = False,
   normalize_weight_decay: bool = False,
   cautious: bool = False,
   corrected: bool = False,
@@ -459,6 +466,7 @@ def adamwr(
     mu_dtype=mu_dtype,
     nu_dtype=nu_dtype,
     nesterov=nesterov,
+    amsgrad=amsgrad,
     cautious=cautious,
     corrected=corrected,
     compensation=compensation,

@@ -19,7 +19,8 @@ from optax_decoupled import _checks
 from optax_decoupled._schedules import clamp_count
 
 #: The cool-down shapes of :func:`warmup_stable_decay`, as functions of the
-#: position ``p`` in [0, 1) within the cool-down (1 at its start, 0 at its end).
+#: position ``p`` in [0, 1) within the cool-down; each is 1 at ``p = 0`` and
+#: falls to 0 as ``p`` reaches 1.
 COOLDOWN_SHAPES = {
   "linear": lambda p: 1.0 - p,
   "cosine": lambda p: 0.5 * (1.0 + jnp.cos(jnp.pi * p)),
@@ -46,10 +47,13 @@ def _steps(name: str, value: Any, *, least: int = 0) -> int:
 
 
 def _fraction(name: str, value: Any) -> Fraction:
-  """``value`` in [0, 1] as the decimal it was written as (``0.3`` is 3/10)."""
+  """``value`` in [0, 1] as the decimal it was written as (``0.3`` is 3/10,
+  ``np.float32(0.3)`` too: the shortest decimal of its own dtype)."""
   number = _known(name, value)
   if not 0 <= number <= 1:
     raise ValueError(f"{name}={value!r} must be a fraction in [0, 1]")
+  if isinstance(value, float | np.floating):
+    return Fraction(str(value))
   return Fraction(repr(number))
 
 
@@ -133,6 +137,10 @@ def warmup_stable_decay(
   """
   total = _steps("total_steps", total_steps, least=1)
   warmup = _steps("warmup_steps", warmup_steps)
+  if warmup > total:
+    raise ValueError(
+      f"warmup_steps={warmup_steps!r} must be at most total_steps={total_steps!r}"
+    )
   if shape not in COOLDOWN_SHAPES:
     raise ValueError(f"shape={shape!r} must be one of {', '.join(COOLDOWN_SHAPES)}")
   if decay_steps is not None and decay_fraction is not None:
@@ -154,6 +162,12 @@ def warmup_stable_decay(
   ]
   previous = warmup
   for end, length in zip(ends, lengths, strict=True):
+    if length == 0 and fixed is None and fraction > 0:
+      raise ValueError(
+        f"decay_fraction={decay_fraction!r} of {end} steps rounds to a cool-down "
+        f"of 0 steps before step {end}: use a larger decay_fraction, decay_steps, "
+        "or later checkpoints"
+      )
     if end - length < previous:
       where = "the warmup" if previous == warmup else f"checkpoint {previous}"
       raise ValueError(
@@ -247,10 +261,12 @@ def step_drop(
     not fractions
     or any(not 0 < f < 1 for f in fractions)
     or drops != sorted(set(drops))
+    or drops[-1] >= total
   ):
     raise ValueError(
       f"drop_at={tuple(drop_at)!r} must be increasing fractions in (0, 1), "
-      f"at most one on each of the {total} steps (they fall on steps {drops})"
+      f"at most one on each of the {total} steps and each inside the run (they "
+      f"fall on steps {drops})"
     )
   _checks.check_positive("factor", factor)
   _checks.check_not_greater("factor", factor, "1", 1.0)

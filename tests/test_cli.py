@@ -128,6 +128,17 @@ def test_corrected_decay_example_runs_both_optimizers(tmp_path):
   assert sorted(ratios) == ["adamw", "adamw_corrected"]
   assert all(np.isfinite(r) and r > 0 for r in ratios.values()), ratios
   assert _is_png(corrected_decay.plot(str(tmp_path), 20))
+  # corrected.json, which the docs quote: the ratios, and the end-of-run
+  # gradient norms (last 2 of 20 steps) of the two runs against each other.
+  summary = corrected_decay.summary(str(tmp_path), 20)
+  for name, ratio in ratios.items():
+    assert summary["runs"][name]["grad_norm_end_over_middle"] == ratio
+  end = {
+    n: np.load(tmp_path / n / "curves.npz")["grad_norm"][-2:].mean() for n in ratios
+  }
+  assert summary["corrected_end_grad_norm_over_adamw"] == pytest.approx(
+    end["adamw_corrected"] / end["adamw"], rel=1e-6
+  )
 
 
 def test_sweep_writes_one_row_per_optimizer_lr_wd_and_a_heatmap(sweep_run):
@@ -407,3 +418,11 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert "--grid" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
   assert not out.exists()
+
+
+def test_no_arguments_print_the_usage_and_every_subcommand(capsys):
+  assert _cli.main([]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("usage: optax-decoupled")
+  for command in ("train", "sweep", "restarts", "schedule"):
+    assert f"    {command} " in err, command

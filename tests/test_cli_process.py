@@ -125,7 +125,7 @@ def test_without_the_examples_extra_says_which_extra_to_install(argv, tmp_path):
     cwd=ROOT,
     timeout=60,
   )
-  _refused(proc, "optax-decoupled[examples]", "flax", status=1)
+  _refused(proc, "pip install -e '.[examples]'", "flax", status=1)
   assert not (tmp_path / "o").exists()
 
 

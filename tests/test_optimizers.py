@@ -330,8 +330,8 @@ def test_default_weight_decay_is_torch_default_for_transformers():
 # --- Parity with PyTorch (float64).
 
 
-def run_torch(make_opt, steps=OPTAX_STEPS, make_sched=None):
-  """Runs a torch optimizer on PARAMS with GRADS; returns stacked params."""
+def run_torch(make_opt, steps=OPTAX_STEPS, make_sched=None, grads=GRADS):
+  """Runs a torch optimizer on PARAMS with ``grads``; returns stacked params."""
   torch = pytest.importorskip("torch")
   tensors = {
     k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
@@ -342,7 +342,7 @@ def run_torch(make_opt, steps=OPTAX_STEPS, make_sched=None):
   history = []
   for t in range(steps):
     for k, p in tensors.items():
-      p.grad = torch.tensor(np.asarray(GRADS[k][t], np.float64))
+      p.grad = torch.tensor(np.asarray(grads[k][t], np.float64))
     opt.step()
     if sched is not None:
       sched.step()
@@ -401,6 +401,78 @@ def test_torch_adamw_with_warm_restarts():
   )
   tx = odx.adamwr(ALPHA, first_cycle_steps=5, cycle_mult=2, weight_decay=ALPHA * LAM)
   assert_close(run(tx, PARAMS, GRADS, steps), expected)
+
+
+#: GRADS, ten times smaller from step 20 on: v_t falls, so its running
+#: maximum (AMSGrad) is not v_t.
+FALLING_GRADS = {
+  k: v * np.where(np.arange(STEPS) < 20, 1.0, 0.1).reshape(-1, *[1] * (v.ndim - 1))
+  for k, v in GRADS.items()
+}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamwr", "adam_l2"])
+def test_torch_amsgrad_with_warm_restarts(optimizer):
+  """``amsgrad=True`` against torch's AdamW / Adam(amsgrad=True) under
+  CosineAnnealingWarmRestarts (restarts at steps 5, 15, 35), all 50 steps.
+  Without amsgrad the result is far from torch's (so the flag is not ignored)."""
+  torch_opt = {
+    "adamw": lambda torch, ps: torch.optim.AdamW(
+      ps, lr=ALPHA, weight_decay=LAM, amsgrad=True
+    ),
+    "adamwr": lambda torch, ps: torch.optim.AdamW(
+      ps, lr=ALPHA, weight_decay=LAM, amsgrad=True
+    ),
+    "adam_l2": lambda torch, ps: torch.optim.Adam(
+      ps, lr=ALPHA, weight_decay=LAM, amsgrad=True
+    ),
+  }[optimizer]
+  expected = run_torch(
+    torch_opt,
+    STEPS,
+    lambda torch, opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+      opt, T_0=5, T_mult=2
+    ),
+    grads=FALLING_GRADS,
+  )
+  eta = odx.cosine_warm_restarts(5, 2)
+
+  def make(amsgrad):
+    if optimizer == "adamwr":
+      return odx.adamwr(
+        ALPHA,
+        first_cycle_steps=5,
+        cycle_mult=2,
+        weight_decay=ALPHA * LAM,
+        amsgrad=amsgrad,
+      )
+    if optimizer == "adamw":
+      return odx.adamw(
+        ALPHA, weight_decay=ALPHA * LAM, schedule_multiplier=eta, amsgrad=amsgrad
+      )
+    return odx.adam_l2(
+      ALPHA, weight_decay=LAM, schedule_multiplier=eta, amsgrad=amsgrad
+    )
+
+  assert_close(run(make(True), PARAMS, FALLING_GRADS, STEPS), expected)
+  plain = run(make(False), PARAMS, FALLING_GRADS, STEPS)
+  # 100 times the tolerance: ignoring the flag would fail the comparison.
+  assert max(np.max(np.abs(plain[k] - expected[k])) for k in plain) > 100 * ATOL_64
+
+
+def test_amsgrad_state_is_optax_amsgrad_state_in_nu_dtype():
+  tx = odx.adamw(1e-3, amsgrad=True, nu_dtype=jnp.bfloat16)
+  state = tx.init({"w": jnp.zeros(3)})
+  inner = next(
+    s
+    for s in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, optax.ScaleByAmsgradState)
+    )
+    if isinstance(s, optax.ScaleByAmsgradState)
+  )
+  assert inner.nu_max["w"].dtype == jnp.bfloat16
+  with pytest.raises(TypeError, match="amsgrad"):
+    odx.adamw(1e-3, amsgrad=1)
 
 
 # --- Decoupling any optax optimizer.

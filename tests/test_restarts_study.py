@@ -217,7 +217,9 @@ def test_restarts_command_writes_every_arm_with_its_snapshots(restarts_run):
   [
     (["--optimizers", "adam_l2"], "--optimizers 'adam_l2'"),
     (["--optimizers", "adamw,adamw"], "once each"),
-    (["--steps", "10"], "--steps 10: at least 15"),
+    (["--steps", "10"], "--steps 10 must be a multiple of 15"),
+    (["--steps", "3010"], "--steps 3010 must be a multiple of 15"),
+    (["--snapshots", "5"], "--snapshots 5 must be at most 4"),
     (["--grid", "0"], "--grid"),
     (["--snapshots", "0"], "--snapshots"),
   ],
@@ -256,8 +258,11 @@ def test_train_takes_the_new_schedules(tmp_path):
   assert _cli.main([*argv, "--out", str(drop)]) == 0
   eta = np.load(drop / "curves.npz")["eta"]
   np.testing.assert_allclose(eta, np.repeat([1, 0.5, 0.25], [10, 10, 20]), rtol=1e-7)
-  metrics = json.loads((drop / "metrics.json").read_text())
-  assert metrics["hyperparameters"]["schedule"] == "step-drop"
+  hyper = json.loads((drop / "metrics.json").read_text())["hyperparameters"]
+  assert hyper["schedule"] == "step-drop" and hyper["drop_at"] == [0.25, 0.5]
+  assert hyper["cooldown"] is None and hyper["checkpoints"] is None
+  hyper = json.loads((wsd / "metrics.json").read_text())["hyperparameters"]
+  assert (hyper["cooldown"], hyper["cooldown_shape"]) == (0.25, "1-sqrt")
 
 
 @pytest.mark.parametrize(

@@ -49,11 +49,7 @@ def add_parser(sub) -> None:
 
 
 def run(args):
-  import os
-  import resource
-  import time
-
-  from optax_decoupled.cli import _restarts
+  from optax_decoupled.cli import _clock, _restarts
 
   names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
   known = {plain: family for family, (plain, _) in _restarts.FAMILIES.items()}
@@ -62,9 +58,14 @@ def run(args):
     raise _args.UsageError(
       f"--optimizers {args.optimizers!r}: give adamw, sgdw or both, once each"
     )
-  if args.steps < 15:
+  if args.steps % 15:
     raise _args.UsageError(
-      f"--steps {args.steps}: at least 15, for four T_mult=2 cycles of a step or more"
+      f"--steps {args.steps} must be a multiple of 15, so that four T_mult=2 "
+      "cycles (1 + 2 + 4 + 8 = 15 units) and five T_mult=1 cycles end with the run"
+    )
+  if args.snapshots > 4:
+    raise _args.UsageError(
+      f"--snapshots {args.snapshots} must be at most 4, the T_mult=2 run's cycle ends"
     )
   _outputs.check_out(args.out, overwrite=args.overwrite)
   data = _args.load(args, seed=0)
@@ -77,8 +78,7 @@ def run(args):
     seeds=seeds,
     tune_seed=0,
   )
-  started = time.perf_counter()
-  cpu = resource.getrusage(resource.RUSAGE_SELF)
+  stop = _clock.clock()
   study = _restarts.study(
     [known[n] for n in names],
     data,
@@ -92,20 +92,12 @@ def run(args):
     settings=settings,
     compensation=_args.compensation(args),
   )
-  used = resource.getrusage(resource.RUSAGE_SELF)
-  study.payload["time"] = {
-    "wall_seconds": time.perf_counter() - started,
-    "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
-    "cpus": os.cpu_count(),
-    "load_average": os.getloadavg()[0],
-    "measures": "the study (data loaded; figures not drawn): wall and CPU "
-    "seconds of this process, its cores, and the 1-minute load average at the end",
-  }
+  study.payload["time"] = stop(
+    "the study after the data was loaded (tuning, runs, snapshots; not the "
+    "figure): wall and CPU seconds of this process, and the 1-minute load "
+    "average at the end"
+  )
   with _outputs.staging(args.out) as tmp:
     study.write(tmp, _outputs.write_json)
-  t = study.payload["time"]
-  print(
-    f"-> {args.out} ({t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU "
-    f"on {t['cpus']} cores, load average {t['load_average']:.1f})"
-  )
+  print(f"-> {args.out} ({_clock.describe_time(study.payload['time'])})")
   return 0

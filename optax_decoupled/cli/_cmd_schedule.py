@@ -74,7 +74,13 @@ def run(args):
       f"cycle_mult={args.cycle_mult:g}, warmup_steps={args.warmup_steps})"
     )
     _plots.schedule(
-      os.path.join(tmp, "schedule.png"), steps, eta_t, lam_t, restarts, title
+      os.path.join(tmp, "schedule.png"),
+      steps,
+      eta_t,
+      lam_t,
+      restarts,
+      title,
+      args.normalized_weight_decay,
     )
   print("restart steps:", ", ".join(map(str, restarts)) or "none")
   print(f"-> {os.path.join(args.out, 'schedule.png')}")

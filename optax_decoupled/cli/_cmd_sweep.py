@@ -83,7 +83,7 @@ def add_parser(sub) -> None:
 
 
 def run(args):
-  from optax_decoupled.cli import _studies, _sweep
+  from optax_decoupled.cli import _clock, _studies, _sweep
 
   if args.budgets and (args.optimizers is not None or args.lr_range is not None):
     raise _args.UsageError(
@@ -103,6 +103,7 @@ def run(args):
   if len(set(names)) != len(names):
     raise _args.UsageError(f"--optimizers {args.optimizers!r} repeats a name")
   _outputs.check_out(args.out, overwrite=args.overwrite)
+  stop = _clock.clock()
   data = _args.load(args, seed=0)
   arch = _args.arch(args)
   seeds = list(range(args.seeds))
@@ -145,7 +146,19 @@ def run(args):
       settings=settings,
       compensation=_args.compensation(args),
     )
+  study.payload["time"] = stop(
+    "the command after its arguments were checked (data, every grid, compile "
+    "included, the summary; not the figures): wall and CPU seconds of this "
+    "process, and the 1-minute load average at the end"
+  )
+  if args.budgets:
+    grids = sum(r["vmapped_seconds"] for r in study.payload["runs"])
+    print(
+      f"{grids:.0f} s in the {len(args.budgets)} grids (compile included) of "
+      f"{study.payload['time']['wall_seconds']:.0f} s; the rest loads the data "
+      "and initializes the models"
+    )
   with _outputs.staging(args.out) as tmp:
     study.write(tmp, _outputs.write_json)
-  print(f"-> {args.out}")
+  print(f"-> {args.out} ({_clock.describe_time(study.payload['time'])})")
   return 0

@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
 def run(args):
   import numpy as np
 
-  from optax_decoupled.cli import _plots, _train
+  from optax_decoupled.cli import _clock, _plots, _train
 
   restarts = args.optimizer in _train.RESTARTS
   if not restarts and (args.first_cycle_steps or args.cycle_mult):
@@ -70,6 +70,7 @@ def run(args):
     )
   schedule = _args.schedule_options(args, restarts=restarts)
   _outputs.check_out(args.out, overwrite=args.overwrite)
+  stop = _clock.clock()
   data = _args.load(args, seed=args.seed)
   arch = _args.arch(args)
   adam = args.optimizer in _train.ADAM_TYPE
@@ -105,7 +106,22 @@ def run(args):
       "decay per step η_t λ_t" if decoupled else "α η_t λ (L2, before Adam's scaling)"
     )
     hyper = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
+    # What ran: the schedule's options as the recipe used them (defaults
+    # included), none for the options of other schedules.
+    options = {
+      "step-drop": ("drop_at", "drop_factor"),
+      "wsd": ("cooldown", "cooldown_shape", "checkpoints"),
+    }
+    used = () if restarts else options.get(recipe.schedule, ())
     hyper.update(
+      {
+        k: getattr(recipe, k) if k in used else None
+        for v in options.values()
+        for k in v
+      }
+    )
+    hyper.update(
+      schedule=None if restarts else recipe.schedule,
       learning_rate=recipe.learning_rate,
       weight_decay=None if normalized else recipe.weight_decay,
       first_cycle_steps=recipe.first_cycle_steps,
@@ -114,6 +130,11 @@ def run(args):
       test_examples=len(data.y_test),
     )
     metrics = {**result, "hyperparameters": hyper, "steps": args.steps}
+    metrics["time"] = stop(
+      "the command after its arguments were checked (data, compile, training, "
+      "evaluation; not the figure): wall and CPU seconds of this process, and "
+      "the 1-minute load average at the end"
+    )
     window = _train.angle_window(args.steps)
     for key in ("angular_update", "equilibrium_angular_update"):
       if key in curves:
@@ -136,7 +157,7 @@ def run(args):
     _plots.train_curves(os.path.join(tmp, "train.png"), curves, title)
   print(
     f"test accuracy {result['test_accuracy']:.4f}  train loss "
-    f"{result['train_loss']:.4f}  ({result['elapsed_seconds']:.1f} s, "
-    f"{args.steps} steps) -> {args.out}"
+    f"{result['train_loss']:.4f}  ({args.steps} steps; "
+    f"{_clock.describe_time(metrics['time'])}) -> {args.out}"
   )
   return 0

@@ -58,7 +58,8 @@ _EXTRA = ("flax", "sklearn", "matplotlib", "tqdm")
 def main(argv=None) -> int:
   """Runs the command line; returns the exit status.
 
-  0 on success; 2 with one line on stderr for bad input or an ``--out`` that
+  0 on success; the usage and the subcommands on stderr and 2 without
+  arguments; 2 with one line on stderr for bad input or an ``--out`` that
   cannot be used; 1 with one line when the ``examples`` extra is missing; 130
   (Ctrl-C) and 143 (SIGTERM), with nothing left behind.
   """
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
   prog = "optax-decoupled" + (f" {command}" if command else "")
   signals = _outputs.on_signals(prog) if as_program else contextlib.nullcontext()
   with signals:
+    if not argv:  # no subcommand: say what there is, as a usage error
+      print(_parser().format_help(), end="", file=sys.stderr)
+      return 2
     try:
       args = _parser().parse_args(argv)
       return _COMMANDS[args.command].run(args)
@@ -81,7 +85,8 @@ def main(argv=None) -> int:
       print(
         f"{prog}: error: the command line needs the 'examples' extra "
         f"({error.name} is not installed): "
-        "pip install 'optax-decoupled[examples]'",
+        "pip install -e '.[examples]' in a clone of the repository (the package "
+        "is not on a package index yet)",
         file=sys.stderr,
       )
       return 1

@@ -15,11 +15,12 @@ def _pyplot():
 
 
 def train_curves(path: str, curves: dict, title: str) -> None:
-  """Loss per step, ``η_t``, the per-step decay, the angular update and the
-  hidden kernels' gradient norm."""
+  """Loss per step, ``η_t``, the per-step decay, the angular update, and the
+  hidden kernels' gradient norm and norm, as a 2 x 3 grid."""
   plt = _pyplot()
   steps = curves["step"]
-  fig, axes = plt.subplots(1, 5, figsize=(20, 3.4), constrained_layout=True)
+  fig, grid = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+  axes = grid.ravel()
   loss = curves["batch_loss"]
   axes[0].plot(steps, loss, lw=0.5, alpha=0.4, label="batch")
   window = max(1, len(loss) // 50)
@@ -47,6 +48,8 @@ def train_curves(path: str, curves: dict, title: str) -> None:
   axes[4].plot(steps, grad, lw=0.5, alpha=0.4, color="C3")
   axes[4].plot(steps[window - 1 :], _smooth(grad, window), lw=1.5, color="C3")
   axes[4].set(yscale="log", xlabel="step", title="gradient norm (hidden kernels)")
+  axes[5].plot(steps, curves["kernel_norm"], color="C4")
+  axes[5].set(xlabel="step", title="norm of the hidden kernels ‖θ‖")
   fig.suptitle(title)
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -154,7 +157,9 @@ def angular(path: str, panels: list[dict], *, steps: int) -> None:
 def budgets(path: str, study: dict) -> None:
   """Test error against λ for each run length, and the best λ against steps."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+  from matplotlib.ticker import LogLocator, NullFormatter
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
   wds = study["weight_decays"]
   runs = study["runs"]
   colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(runs)))
@@ -168,6 +173,7 @@ def budgets(path: str, study: dict) -> None:
       label=f"{run['steps']} steps",
     )
     axes[0].axvline(run["best_weight_decay"], color=color, lw=0.8, ls=":")
+  axes[0].plot([], [], "k:", lw=0.8, label="best λ of each (refined)")
   axes[0].set(
     xscale="log",
     xlabel="decoupled weight decay λ",
@@ -178,6 +184,10 @@ def budgets(path: str, study: dict) -> None:
   steps = np.asarray([r["steps"] for r in runs], np.float64)
   best = np.asarray([r["best_weight_decay"] for r in runs])
   axes[1].plot(steps, best, "o", color="k", label="best λ (refined)")
+  for step, lam in zip(steps, best, strict=True):
+    axes[1].annotate(
+      f"{lam:.2g}", (step, lam), textcoords="offset points", xytext=(6, -3), fontsize=8
+    )
   fit = np.exp(np.polyval(np.polyfit(np.log(steps), np.log(best), 1), np.log(steps)))
   axes[1].plot(steps, fit, "k-", lw=1, label=f"fit: slope {study['slope']:+.2f}")
   anchor = best[0] * (steps / steps[0]) ** -0.5
@@ -189,19 +199,30 @@ def budgets(path: str, study: dict) -> None:
     ylabel="best λ",
     title="best λ against the run length",
   )
+  # Ticks at the budgets themselves (log minor ticks would collide).
+  axes[1].set_xticks(steps, [f"{int(s)}" for s in steps])
+  axes[1].xaxis.set_minor_formatter(NullFormatter())
+  axes[1].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+  axes[1].yaxis.set_minor_formatter(NullFormatter())
   axes[1].legend(fontsize=8)
   fig.savefig(path, dpi=90)
   plt.close(fig)
 
 
-def schedule(path: str, steps, eta, decay, restarts, title: str) -> None:
+def schedule(
+  path: str, steps, eta, decay, restarts, title: str, lambda_norm: float
+) -> None:
   """``η_t`` and the restart-normalized decay, restarts marked."""
   plt = _pyplot()
   fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True, constrained_layout=True)
   axes[0].plot(steps, eta)
   axes[0].set(ylabel="η_t", title=title)
   axes[1].plot(steps, decay, color="C1")
-  axes[1].set(ylabel="λ_norm / sqrt(T_i)", xlabel="step")
+  axes[1].set(
+    ylabel="λ_t = λ_norm / sqrt(T_i)",
+    xlabel="step",
+    title=f"restart-normalized decay, λ_norm = {lambda_norm:g} (T_i in steps)",
+  )
   for ax in axes:
     for r in restarts:
       ax.axvline(r, color="grey", lw=0.6, ls="--")

@@ -24,6 +24,7 @@ from flax import nnx
 
 import optax_decoupled as odx
 from optax_decoupled.cli import _models, _sweep, _train
+from optax_decoupled.cli._clock import describe_time
 from optax_decoupled.cli._data import Split
 
 #: The arms, in the order they are reported, and how each is labelled.
@@ -337,32 +338,8 @@ def study(
       f"(seed {tune_seed}) ...",
       flush=True,
     )
-    cells = [(arm, lr, wd) for arm in ARMS for lr in lrs for wd in wds]
-    configs = [Config(arm, make(arm, lr, wd), tune_seed) for arm, lr, wd in cells]
-    tuned = run_configs(
-      family,
-      configs,
-      data,
-      arch,
-      steps=steps,
-      eval_steps=[steps],
-      compensation=compensation,
-    )
-    errors = tuned["errors"][:, -1].reshape(len(ARMS), len(lrs), len(wds))
-    tuning, best = {}, {}
-    for a, arm in enumerate(ARMS):
-      grid_errors = np.where(np.isfinite(errors[a]), errors[a], np.inf)
-      i, j = np.unravel_index(np.argmin(grid_errors), grid_errors.shape)
-      best[arm] = (float(lrs[i]), float(wds[j]))
-      tuning[arm] = {
-        "test_error": errors[a].tolist(),
-        "learning_rate": best[arm][0],
-        "weight_decay": best[arm][1],
-        "at_grid_edge": bool(i in (0, len(lrs) - 1) or j in (0, len(wds) - 1))
-        if len(lrs) > 1 and len(wds) > 1
-        else False,
-      }
-
+    tuning = _tune(family, make, lrs, wds, data, arch, steps, tune_seed, compensation)
+    best = {arm: (t["learning_rate"], t["weight_decay"]) for arm, t in tuning.items()}
     arm_recipes = {arm: make(arm, *best[arm]) for arm in ARMS}
     lengths = sorted(
       {s for arm in SNAPSHOT_ARMS for s in arm_recipes[arm].snapshot_steps()} - {steps}
@@ -417,6 +394,37 @@ def study(
   payload["notes"] = NOTES
   figures = {"restarts.png": lambda path: _plots.restarts(path, payload)}
   return _studies.Study("restarts", payload, figures)
+
+
+def _tune(family, make, lrs, wds, data, arch, steps, seed, compensation) -> dict:
+  """Every arm over the (α, λ) grid on ``seed``, in one program: each arm's
+  grid of final test errors, its best cell, and whether that is on an edge."""
+  cells = [(arm, lr, wd) for arm in ARMS for lr in lrs for wd in wds]
+  configs = [Config(arm, make(arm, lr, wd), seed) for arm, lr, wd in cells]
+  tuned = run_configs(
+    family,
+    configs,
+    data,
+    arch,
+    steps=steps,
+    eval_steps=[steps],
+    compensation=compensation,
+  )
+  errors = tuned["errors"][:, -1].reshape(len(ARMS), len(lrs), len(wds))
+  tuning = {}
+  for a, arm in enumerate(ARMS):
+    finite = np.where(np.isfinite(errors[a]), errors[a], np.inf)  # diverged: worst
+    i, j = np.unravel_index(np.argmin(finite), finite.shape)
+    edge = (i in (0, len(lrs) - 1) and len(lrs) > 1) or (
+      j in (0, len(wds) - 1) and len(wds) > 1
+    )
+    tuning[arm] = {
+      "test_error": errors[a].tolist(),
+      "learning_rate": float(lrs[i]),
+      "weight_decay": float(wds[j]),
+      "at_grid_edge": bool(edge),
+    }
+  return tuning
 
 
 NOTES = {
@@ -568,13 +576,7 @@ def render(payload: dict) -> dict[str, str]:
     f"the `{settings['model']}` MLP ({settings['depth']} x {settings['hidden']}); "
     f"tuned on seed {settings['tune_seed']} over {grid_text}; reported on seeds "
     f"{', '.join(map(str, settings['seeds']))} (mean ± sample sd). "
-    + (
-      f"The command took {time_['wall_seconds']:.0f} s wall, "
-      f"{time_['cpu_seconds']:.0f} s CPU on {time_['cpus']} cores "
-      f"(load average {time_['load_average']:.1f} at the end)."
-      if time_
-      else ""
-    )
+    + (f"The study took {describe_time(time_)} at the end." if time_ else "")
   )
   for family, result in payload["families"].items():
     name = result["optimizer"]
@@ -627,7 +629,7 @@ def render(payload: dict) -> dict[str, str]:
   return out
 
 
-def _versus(a: dict, b: dict) -> str:
+def _difference(a: dict, b: dict) -> str:
   """``a - b`` in points of test error, and whether it exceeds the seeds' sd."""
   diff = round(100 * (a["mean"] - b["mean"]), 2) + 0  # no "-0.00"
   spread = 100 * max(a["std"], b["std"])
@@ -664,12 +666,12 @@ def _claims(families: dict) -> list[str]:
     return compare
 
   def final(a, b):
-    return lambda arms: _versus(
+    return lambda arms: _difference(
       arms[a]["final_test_error"], arms[b]["final_test_error"]
     )
 
   def combined(arm, key):
-    return lambda arms: _versus(arms[arm][key], arms[arm]["final_test_error"])
+    return lambda arms: _difference(arms[arm][key], arms[arm]["final_test_error"])
 
   return (
     [
