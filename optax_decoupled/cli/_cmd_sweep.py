@@ -155,8 +155,8 @@ def run(args):
     grids = sum(r["vmapped_seconds"] for r in study.payload["runs"])
     print(
       f"{grids:.0f} s in the {len(args.budgets)} grids (compile included) of "
-      f"{study.payload['time']['wall_seconds']:.0f} s; the rest loads the data "
-      "and initializes the models"
+      f"{study.payload['time']['wall_seconds']:.0f} s; the rest is outside the "
+      "timed grids: the data, each run's initial state and batch order"
     )
   with _outputs.staging(args.out) as tmp:
     study.write(tmp, _outputs.write_json)
