@@ -307,3 +307,34 @@ def test_diverged_cells_are_null_and_left_out_of_the_ratios():
   eq = _summary.equilibrium(rows, "adamw", steps=1000, eta_mean=0.5)
   assert eq["cells"] == 2 and eq["diverged_cells"] == 1
   assert eq["ratio_median"] == pytest.approx(0.8)
+
+
+def test_a_row_exactly_at_the_good_row_factor_counts_as_good():
+  """Rows whose best error is within ``GOOD_ROW_FACTOR`` x the grid's best
+  count for the spread, the boundary included: a row at exactly 1.5 x 0.25 =
+  0.375 is good (its best λ 1e-1 widens the spread to 2 decades), one just
+  above is not (a change of ``<=`` to ``<`` fails here). Binary-exact errors,
+  so 1.5 x best is exactly the row's."""
+  lrs, wds = [1e-3, 1e-2, 1e-1], [1e-3, 1e-2, 1e-1]
+  grid = [[0.5, 0.5, 0.375], [0.25, 0.5, 0.5], [0.5, 0.5, 0.5]]
+
+  def rows(edge):
+    grid[0][2] = edge
+    return [
+      {
+        "optimizer": "adamw",
+        "learning_rate": a,
+        "weight_decay": w,
+        "test_error": grid[i][j],
+      }
+      for i, a in enumerate(lrs)
+      for j, w in enumerate(wds)
+    ]
+
+  assert _summary.GOOD_ROW_FACTOR * 0.25 == 0.375
+  at_factor = _summary.summarize(rows(0.375), "adamw")
+  assert at_factor["good_rows"] == [1e-3, 1e-2]
+  assert at_factor["best_wd_spread_decades"] == pytest.approx(2.0)
+  above = _summary.summarize(rows(0.375 + 2**-10), "adamw")
+  assert above["good_rows"] == [1e-2]
+  assert above["best_wd_spread_decades"] == 0.0
