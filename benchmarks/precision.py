@@ -483,7 +483,7 @@ def prose(payload, sweeps):
       f"{eta_min:.2f}`, and from then on (the last {100 * lost:.0f} % of the run) the "
       "decay is lost and nothing pulls the scale-invariant kernels' norm back down, "
       "while the Adam steps still grow it.",
-      f"- **In pure bfloat16 (moments too) the moments are the larger error.** The norm "
+      f"- **In pure bfloat16 (moments too)** the norm "
       f"then ends {_pct(k16['kernel_norm_end'], ref['kernel_norm_end'])} from "
       f"float32's with Kahan ({k16['kernel_norm_end']:.2f}) and "
       f"{_pct(s16['kernel_norm_end'], ref['kernel_norm_end'])} with stochastic rounding "
@@ -495,7 +495,7 @@ def prose(payload, sweeps):
       f"{n16['kernel_norm_end']:.2f}.",
       f"- **Test error {'does not separate' if spread <= max(sds) else 'separates'} "
       f"them at this cell**: every setting is within "
-      f"{100 * spread:.1f} points of "
+      f"{100 * spread:.2f} points of "
       f"float32, against seeds' standard deviations of {100 * min(sds):.1f} to "
       f"{100 * max(sds):.1f} points. The cell is the sweep's best, with large steps "
       f"(`α = {TRAIN_LR:.1e}`); where the lost updates cost accuracy is at small `α` and "

@@ -12,6 +12,7 @@ import statistics
 from typing import Any
 
 from optax_decoupled.cli._clock import describe_time
+from optax_decoupled.cli._summary import GOOD_ROW_FACTOR
 
 LABELS = {
   "adam_l2": "Adam + L2",
@@ -84,7 +85,8 @@ def _slide(name: str, s: dict) -> str:
     f"{_label(name)}'s best λ runs from {_e(first['weight_decay'])} at "
     f"α = {_e(first['learning_rate'])} to {_e(last['weight_decay'])} at "
     f"α = {_e(last['learning_rate'])} ({s['best_wd_spread_decades']:.1f} decades over "
-    f"the {len(good)} good α rows, {_points(s['transfer_regret'])} of regret)"
+    f"the {len(good)} good α rows, those within {GOOD_ROW_FACTOR:g}x of the best "
+    f"error; {_points(s['transfer_regret'])} of regret)"
   )
 
 
@@ -149,7 +151,8 @@ def sweep_blocks(payload: dict) -> dict[str, str]:
     "readme": (
       ("As in the paper's Figure 2" if figure2 else "Unlike the paper's Figure 2")
       + f", Adam+L2's best λ moves over {l2:.1f} decades of the grid as α changes "
-      f"while AdamW's stays at {_lambda_range(s['adamw'])} over the good α rows "
+      f"while AdamW's stays at {_lambda_range(s['adamw'])} over the α rows within "
+      f"{GOOD_ROW_FACTOR:g}x of its best error "
       f"({w:.1f} decades)" + (": α and λ can be tuned separately." if figure2 else ".")
     ),
     "time": (

@@ -590,7 +590,7 @@ def render(payload: dict) -> dict[str, str]:
       ens = _pm(e["ensemble_test_error"]) if "ensemble_test_error" in e else "-"
       swa = _pm(e["weight_average_test_error"]) if "ensemble_test_error" in e else "-"
       rows.append(
-        f"| {e['label']} | {e['learning_rate']:.2g} | {e['weight_decay']:.2g}{edge} "
+        f"| {e['label']}{edge} | {e['learning_rate']:.2g} | {e['weight_decay']:.2g} "
         f"| {_pm(e['final_test_error'])} | {ens} | {swa} |"
       )
     out[f"final-{family}"] = "\n".join(rows)
