@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import optax_decoupled as odx
@@ -158,15 +157,9 @@ def make_run(
     def step(carry, inputs):
       params, rest, opt_state, errors, snapshots = carry
       idx, k = inputs
-      model = nnx.merge(graphdef, params, rest)
-      grads = nnx.grad(
-        lambda model: _models.cross_entropy(model(x[idx]), y[idx]),
-        argnums=nnx.DiffState(0, nnx.Param),
-      )(model)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      angle = _models.kernel_angular_update(params, new_params)
-      rest = nnx.split(model, nnx.Param, ...)[2]
+      new_params, rest, opt_state, angle = _sweep.train_step(
+        graphdef, x, y, tx, params, rest, opt_state, idx
+      )
 
       def record(errors, snapshots, params, rest):
         errors = errors.at[k].set(test_error(params, rest))

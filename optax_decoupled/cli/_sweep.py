@@ -73,17 +73,10 @@ def make_run(
 
     def step(carry, idx):
       params, rest, opt_state = carry
-      # nnx.grad, not jax.grad: BatchNorm writes its statistics as it runs,
-      # so they travel in the carry.
-      model = nnx.merge(graphdef, params, rest)
-      grads = nnx.grad(
-        lambda model: _models.cross_entropy(model(x[idx]), y[idx]),
-        argnums=nnx.DiffState(0, nnx.Param),
-      )(model)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      angle = _models.kernel_angular_update(params, new_params)
-      return (new_params, nnx.split(model, nnx.Param, ...)[2], opt_state), angle
+      params, rest, opt_state, angle = train_step(
+        graphdef, x, y, tx, params, rest, opt_state, idx
+      )
+      return (params, rest, opt_state), angle
 
     carry = (params, rest, tx.init(params))
     (params, rest, _), angles = jax.lax.scan(step, carry, batches)
@@ -92,6 +85,23 @@ def make_run(
     return train_loss, test_error, angles
 
   return run
+
+
+def train_step(graphdef, x, y, tx, params, rest, opt_state, idx):
+  """One step on the batch ``idx``: ``(params, rest, opt_state, angle)``.
+
+  ``angle`` is the hidden kernels' angular update. nnx.grad, not jax.grad:
+  BatchNorm writes its statistics as it runs, so they come back in ``rest``.
+  """
+  model = nnx.merge(graphdef, params, rest)
+  grads = nnx.grad(
+    lambda model: _models.cross_entropy(model(x[idx]), y[idx]),
+    argnums=nnx.DiffState(0, nnx.Param),
+  )(model)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  angle = _models.kernel_angular_update(params, new_params)
+  return new_params, nnx.split(model, nnx.Param, ...)[2], opt_state, angle
 
 
 def _stack(trees):
