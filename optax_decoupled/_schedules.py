@@ -20,6 +20,8 @@ _INT32_MAX = _checks.INT32_MAX
 #: Most cycles tabulated: a ``cycle_mult`` so close to 1 that more cycles
 #: begin below step 2^31 is refused (use ``cycle_mult=1``).
 MAX_CYCLES = 2**16
+#: Most restarts :func:`restart_steps` lists (a Python list of ints).
+MAX_RESTART_STEPS = 10**7
 #: Largest denominator of a fractional ``first_cycle_steps`` with
 #: ``cycle_mult=1``: its restarts repeat every ``numerator`` steps.
 MAX_DENOMINATOR = 2**16
@@ -395,7 +397,9 @@ def restart_steps(
     warmup_steps: steps before the first cycle (>= 0).
 
   Returns:
-    The restart steps, increasing, as Python integers.
+    The restart steps, increasing, as Python integers. More than 10^7 of
+    them (``first_cycle_steps=1`` over 2^31 steps) is a ``ValueError``: use
+    :func:`cycle_position` in the loop instead.
 
   Example:
     >>> import optax_decoupled as odx
@@ -417,6 +421,13 @@ def restart_steps(
   span = int(total_steps) - int(warmup_steps)  # steps after warmup
   starts = [int(s) for s in plan.starts[1:]]
   if plan.period is not None:  # the table repeats every period steps
+    count = -(-max(span, 0) // plan.period) * plan.cycles_per_period
+    if count > MAX_RESTART_STEPS:
+      raise ValueError(
+        f"first_cycle_steps={first_cycle_steps!r} restarts about {count} times in "
+        f"total_steps={total_steps!r}, more than the {MAX_RESTART_STEPS} a list "
+        "holds: use cycle_position(step, ...) in the loop instead"
+      )
     starts = [int(s) for s in plan.starts]
     starts = [
       base + s

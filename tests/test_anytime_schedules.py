@@ -153,6 +153,8 @@ def test_restart_steps_near_int32_end():
     ({"first_cycle_steps": 0}, "first_cycle_steps"),
     ({"cycle_mult": 0.5}, "cycle_mult"),
     ({"first_cycle_steps": lambda t: t}, "first_cycle_steps"),
+    ({"total_steps": INT32_MAX, "first_cycle_steps": 1}, "use cycle_position"),
+    ({"total_steps": INT32_MAX, "first_cycle_steps": 1.5}, "use cycle_position"),
   ],
 )
 def test_restart_steps_refuses_bad_input(kwargs, match):
