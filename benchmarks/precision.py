@@ -327,6 +327,8 @@ def figure(path, curves):
     else:
       label = f"bfloat16, bfloat16 moments, {comp}"
       style = dict(color=colors[r["compensation"]], lw=1)
+    if r["compensation"] == "stochastic":  # under the Kahan lines, not over them
+      style.update(ls=":", zorder=1)
     axes[0].plot(r["step"], r["kernel_norm"], label=label, **style)
     axes[1].plot(r["angular_update_step"], r["angular_update"], label=label, **style)
   axes[0].set(xlabel="step", ylabel="‖θ‖ of the hidden kernels", title="kernel norm")
@@ -337,7 +339,9 @@ def figure(path, curves):
     title="angular update of the hidden kernels",
   )
   axes[1].legend(loc="lower left", fontsize=8)
-  fig.suptitle("AdamW, α = 3.2e-2, λ = 3.2e-3, mnist1d, BatchNorm MLP, seed 0")
+  fig.suptitle(
+    f"AdamW, α = {TRAIN_LR:.1e}, λ = {TRAIN_WD:.1e}, mnist1d, BatchNorm MLP, seed 0"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
