@@ -25,6 +25,7 @@ pytest.importorskip("tqdm")
 
 from optax_decoupled.cli import _data, _models, _train  # noqa: E402
 from optax_decoupled.cli import _main as _cli  # noqa: E402
+from optax_decoupled.sweep import _engine  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -195,7 +196,7 @@ def test_vmapped_sweep_cell_equals_a_train_run_alone(sweep_run, optimizer):
   )
   alone = _train.train(recipe, data, arch=arch, seed=0, progress=False)
   # The angular update of the same run, over the same window.
-  window = alone["curves"]["angular_update"][_train.angle_window(40)]
+  window = alone["curves"]["angular_update"][_engine.angle_window(40)]
   assert math.isclose(window.mean(), row["angular_update_per_seed"][0], rel_tol=2e-3)
   loss = row["train_loss_per_seed"][0]
   assert math.isclose(alone["train_loss"], loss, rel_tol=2e-3), (alone, row)

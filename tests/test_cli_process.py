@@ -142,7 +142,9 @@ def test_without_the_examples_extra_says_which_extra_to_install(argv, tmp_path):
     (["train", "--depth", "10000"], "must be <= 64"),
     (["train", "--steps", "2147483647"], "of memory"),
     (["schedule", "--steps", "2147483647"], "of memory"),
-    (["sweep", "--grid", "1000"], "of memory"),
+    (["sweep", "--hidden", "1000000"], "of memory"),
+    (["sweep", "--chunk-size", "0"], "must be an integer >= 1"),
+    (["sweep", "--memory", "-1"], "must be a number > 0"),
     (["train", "--hidden", "1000000"], "of memory"),
   ],
 )

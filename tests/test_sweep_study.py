@@ -20,7 +20,8 @@ pytest.importorskip("mnist1d")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from optax_decoupled.cli import _data, _main, _models, _summary  # noqa: E402
+from optax_decoupled.cli import _data, _main, _models  # noqa: E402
+from optax_decoupled.sweep import _summary  # noqa: E402
 
 WDS = [1e-4, 1e-3, 1e-2, 1e-1]
 LRS = [1e-3, 1e-2, 1e-1, 1.0]

@@ -76,6 +76,26 @@ def add_parser(sub) -> None:
     default=_BUDGET_LR,
     help="α of the budget study (%(default)s)",
   )
+  p.add_argument(
+    "--chunk-size",
+    type=_args.positive_int,
+    help="configurations per compiled chunk, a multiple of the device count "
+    "(default: the most that fit in --memory)",
+  )
+  p.add_argument(
+    "--memory",
+    type=_args.positive_float,
+    metavar="MIB",
+    help="MiB each device may use; a grid that needs more runs in chunks "
+    "(default: 80%% of what each device has free)",
+  )
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="call jax.distributed.initialize() (SLURM, Open MPI, ...); implied by "
+    "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES or JAX_PROCESS_ID in the "
+    "environment. Every process gets the same --out; process 0 writes it",
+  )
   p.add_argument("--out", default="runs/sweep", help="output folder (%(default)s)")
   _args.add_overwrite(p)
   _args.add_model_arguments(p, hidden=64, batch_size=64, steps=3000)
@@ -83,7 +103,7 @@ def add_parser(sub) -> None:
 
 
 def run(args):
-  from optax_decoupled.cli import _clock, _studies, _sweep
+  from optax_decoupled.cli import _clock, _distributed, _studies, _sweep
 
   if args.budgets and (args.optimizers is not None or args.lr_range is not None):
     raise _args.UsageError(
@@ -102,8 +122,13 @@ def run(args):
     )
   if len(set(names)) != len(names):
     raise _args.UsageError(f"--optimizers {args.optimizers!r} repeats a name")
-  _outputs.check_out(args.out, overwrite=args.overwrite)
+  _distributed.initialize(args)
+  writer = _distributed.claim_out(args.out, overwrite=args.overwrite)
   stop = _clock.clock()
+  options = {
+    "chunk_size": args.chunk_size,
+    "memory": None if args.memory is None else int(args.memory * 2**20),
+  }
   data = _args.load(args, seed=0)
   arch = _args.arch(args)
   seeds = list(range(args.seeds))
@@ -124,6 +149,7 @@ def run(args):
       batch_size=args.batch_size,
       settings=settings,
       compensation=_args.compensation(args),
+      **options,
     )
   else:
     ranges = {}
@@ -145,6 +171,7 @@ def run(args):
       sequential_configs=args.sequential_configs,
       settings=settings,
       compensation=_args.compensation(args),
+      **options,
     )
   study.payload["time"] = stop(
     "the command after its arguments were checked (data, every grid, compile "
@@ -158,6 +185,8 @@ def run(args):
       f"{study.payload['time']['wall_seconds']:.0f} s; the rest is outside the "
       "timed grids: the data, each run's initial state and batch order"
     )
+  if not writer:
+    return 0
   with _outputs.staging(args.out) as tmp:
     study.write(tmp, _outputs.write_json)
   print(f"-> {args.out} ({_clock.describe_time(study.payload['time'])})")

@@ -62,6 +62,7 @@ def run(args):
   import numpy as np
 
   from optax_decoupled.cli import _clock, _plots, _train
+  from optax_decoupled.sweep import _engine
 
   restarts = args.optimizer in _train.RESTARTS
   if not restarts and (args.first_cycle_steps or args.cycle_mult):
@@ -135,7 +136,7 @@ def run(args):
       "evaluation; not the figure): wall and CPU seconds of this process, and "
       "the 1-minute load average at the end"
     )
-    window = _train.angle_window(args.steps)
+    window = _engine.angle_window(args.steps)
     for key in ("angular_update", "equilibrium_angular_update"):
       if key in curves:
         metrics[f"{key}_middle_mean"] = float(np.mean(curves[key][window]))

@@ -9,7 +9,8 @@ clearly too big: the largest allocations scale with what they name.
 
 from __future__ import annotations
 
-import math
+from optax_decoupled.sweep._memory import available_bytes
+from optax_decoupled.sweep._memory import size as _size
 
 INT32_MAX = 2**31 - 1
 #: Layers are unrolled into the compiled program: compile time grows with
@@ -20,31 +21,6 @@ _F32 = 4
 #: Per step of a ``train`` or ``schedule`` run: the loss, η_t and λ_t curves in
 #: float32 and float64 copies, the step numbers, and matplotlib's copies.
 _PER_STEP = 96
-
-
-def available_bytes() -> int | None:
-  """Memory a new allocation can get now, or None where it cannot be told."""
-  found = []
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          found.append(int(line.split()[1]) * 1024)
-  except (OSError, ValueError, IndexError):
-    pass
-  for limit, usage in (
-    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-    (
-      "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-      "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-    ),
-  ):
-    try:
-      with open(limit) as f, open(usage) as g:
-        found.append(int(f.read()) - int(g.read()))
-    except (OSError, ValueError):
-      pass  # absent, or "max" (no limit)
-  return min(found) if found else None
 
 
 def mlp_parameters(features: int, hidden: int, depth: int, classes: int) -> int:
@@ -66,14 +42,11 @@ def run_bytes(args, *, features: int, classes: int, train: int, test: int) -> di
   examples = max(args.batch_size, train, test)
   parts = {"data": _F32 * (train + test) * (features + 1)}
   if args.command == "sweep":
-    n_lr, n_wd = args.grid
-    runs = (n_wd if args.budgets else n_lr * n_wd) * args.seeds
+    # The grid runs in chunks that fit (optax_decoupled.sweep): one run must.
     steps = max(args.budgets) if args.budgets else args.steps
-    parts["model x grid x seeds"] = runs * _model_bytes(
-      args, features, classes, examples
-    )
-    parts["batch indices"] = (runs + args.seeds) * steps * args.batch_size * _F32
-    parts["per-step angular updates"] = runs * steps * _F32
+    parts["one run"] = _model_bytes(args, features, classes, examples)
+    parts["batch indices"] = args.seeds * steps * args.batch_size * _F32
+    parts["per-step angular updates"] = steps * _F32
   elif args.command == "restarts":
     # 8 schedules x the tuning grid, then (8 + up to 8 shorter cosines) x seeds,
     # each recording its parameters at about 50 evaluation steps.
@@ -108,11 +81,3 @@ def check(parts: dict, knobs: str) -> None:
 
 def schedule_bytes(steps: int) -> dict:
   return {"per-step curves": steps * _PER_STEP}
-
-
-def _size(n: float) -> str:
-  if n < 2**30:
-    return f"{n / 2**20:.0f} MiB"
-  exponent = min(int(math.log(n, 1024)), 6)
-  unit = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")[exponent]
-  return f"{n / 1024**exponent:.3g} {unit}"

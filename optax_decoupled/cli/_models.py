@@ -107,16 +107,20 @@ class Architecture:
   depth: int = 2
   dtype: str = "float32"
 
-  def _mlp(self, features: int, classes: int, seed: int) -> MLP:
+  def module(self, features: int, classes: int, rngs: nnx.Rngs) -> MLP:
+    """The MLP drawn from ``rngs``."""
     return MLP(
       features,
       self.hidden,
       classes,
       self.depth,
       norm=self.norm,
-      rngs=nnx.Rngs(seed),
+      rngs=rngs,
       dtype=jnp.dtype(self.dtype),
     )
+
+  def _mlp(self, features: int, classes: int, seed: int) -> MLP:
+    return self.module(features, classes, nnx.Rngs(seed))
 
   def make(self, features: int, classes: int, seed: int) -> MLP:
     """The MLP initialized from ``seed`` (in one compiled call, not op by op)."""

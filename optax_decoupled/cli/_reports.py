@@ -12,7 +12,7 @@ import statistics
 from typing import Any
 
 from optax_decoupled.cli._clock import describe_time
-from optax_decoupled.cli._summary import GOOD_ROW_FACTOR
+from optax_decoupled.sweep._summary import GOOD_ROW_FACTOR
 
 LABELS = {
   "adam_l2": "Adam + L2",

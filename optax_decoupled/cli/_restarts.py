@@ -19,12 +19,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 import optax_decoupled as odx
 from optax_decoupled.cli import _models, _sweep, _train
 from optax_decoupled.cli._clock import describe_time
 from optax_decoupled.cli._data import Split
+from optax_decoupled.sweep import _engine
 
 #: The arms, in the order they are reported, and how each is labelled.
 ARMS = {
@@ -118,6 +120,34 @@ class Config:
   seed: int
 
 
+def train_step(graphdef, x, y, tx, params, rest, opt_state, idx):
+  """One step on the batch ``idx``: ``(params, rest, opt_state, angle)``.
+
+  ``angle`` is the hidden kernels' angular update. nnx.grad, not jax.grad:
+  BatchNorm writes its statistics as it runs, so they come back in ``rest``.
+  """
+  model = nnx.merge(graphdef, params, rest)
+  grads = nnx.grad(
+    lambda model: _models.cross_entropy(model(x[idx]), y[idx]),
+    argnums=nnx.DiffState(0, nnx.Param),
+  )(model)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  angle = _models.kernel_angular_update(params, new_params)
+  return new_params, nnx.split(model, nnx.Param, ...)[2], opt_state, angle
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def init_state(data: Split, arch: _models.Architecture, seed: int):
+  """``(params, rest)`` of the model for ``seed``: the same init as ``train``'s."""
+  model = arch.make(data.x_train.shape[1], data.num_classes, seed)
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  return params, rest
+
+
 def make_run(
   family: str,
   data: Split,
@@ -157,7 +187,7 @@ def make_run(
     def step(carry, inputs):
       params, rest, opt_state, errors, snapshots = carry
       idx, k = inputs
-      new_params, rest, opt_state, angle = _sweep.train_step(
+      new_params, rest, opt_state, angle = train_step(
         graphdef, x, y, tx, params, rest, opt_state, idx
       )
 
@@ -202,8 +232,8 @@ def run_configs(
   seeds = sorted({c.seed for c in configs})
   n = len(data.y_train)
   batch_size = configs[0].recipe.batch_size
-  state = _sweep._stack([_sweep.init_state(data, arch, s) for s in seeds])
-  batches = jnp.stack([_sweep.batch_table(s, steps, n, batch_size) for s in seeds])
+  state = _stack([init_state(data, arch, s) for s in seeds])
+  batches = jnp.stack([_engine.batch_table(s, steps, n, batch_size) for s in seeds])
   which = jnp.asarray([seeds.index(c.seed) for c in configs])
   state, batches = jax.tree.map(lambda a: a[which], (state, batches))
   eta, lam = (

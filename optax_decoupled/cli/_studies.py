@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from optax_decoupled.cli import _models, _plots, _summary, _sweep, _train
+from optax_decoupled.cli import _models, _plots, _sweep
 from optax_decoupled.cli._data import Split
+from optax_decoupled.sweep import _plots as _sweep_plots
+from optax_decoupled.sweep import _summary
 
 
 @dataclasses.dataclass
@@ -29,12 +31,6 @@ class Study:
       draw(os.path.join(folder, file_name))
 
 
-def _mean_eta(optimizer: str, steps: int) -> float:
-  """The run's mean decay rate per unit λ: η_t, times η_t/η_max if corrected."""
-  recipe = _train.Recipe(optimizer, 0.0, 1.0, steps, 1, 1)
-  return float(recipe.effective_decay(np.arange(steps)).mean())
-
-
 def grid(
   names: list[str],
   ranges: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -47,9 +43,13 @@ def grid(
   sequential_configs: int,
   settings: dict[str, Any],
   compensation: str | None = "auto",
+  **options: Any,
 ) -> Study:
-  """Every optimizer over its (lr, wd) grid; summary and equilibrium per optimizer."""
-  rows, timing, summary = [], {}, {}
+  """Every optimizer over its (lr, wd) grid; summary and equilibrium per optimizer.
+
+  ``options`` go to :func:`optax_decoupled.sweep.run` (mesh, chunks, memory).
+  """
+  rows, timing, summary, panels = [], {}, {}, []
   for name in names:
     lrs, wds = ranges[name]
     print(f"{name}: {len(lrs)}x{len(wds)} grid x {len(seeds)} seed(s) ...", flush=True)
@@ -64,18 +64,17 @@ def grid(
       batch_size=batch_size,
       sequential_configs=sequential_configs,
       compensation=compensation,
+      **options,
     )
-    rows += result["rows"]
-    timing[name] = result["timing"]
-    summary[name] = _summary.summarize(rows, name)
-    eq = _summary.equilibrium(rows, name, steps=steps, eta_mean=_mean_eta(name, steps))
-    if eq is not None:
-      summary[name]["equilibrium"] = eq
+    rows += result.rows()
+    timing[name] = _timing(result)
+    summary[name] = result.summary()
+    panels.append({**result.panel(), "angular_label": "hidden kernels"})
     for line in _report(name, summary[name], timing[name], steps):
       print("  " + line, flush=True)
-  panels = [_panel(rows, name, summary[name]) for name in names]
   payload = {
     "settings": settings,
+    "hardware": _hardware(timing[names[0]]),
     "summary": summary,
     "rows": rows,
     "timing": timing,
@@ -97,32 +96,30 @@ def grid(
     },
   }
   figures = {
-    "heatmap.png": lambda path: _plots.heatmaps(path, panels),
-    "angular.png": lambda path: _plots.angular(path, panels, steps=steps),
+    "heatmap.png": lambda path: _sweep_plots.heatmaps(path, panels),
+    "angular.png": lambda path: _sweep_plots.angular(path, panels, steps=steps),
   }
   return Study("sweep", payload, figures)
 
 
-def _panel(rows, name, summary):
-  lrs, wds, errors = _summary.grid(rows, name)
-  _, _, angles = _summary.grid(rows, name, "angular_update")
-  panel = {
-    "name": name,
-    "learning_rates": lrs,
-    "weight_decays": wds,
-    "errors": errors,
-    "angular_update": angles,
-    "best_weight_decay_per_lr": [
-      r["weight_decay"] for r in summary["best_weight_decay_per_lr"]
-    ],
-    "equilibrium_min_wd": summary.get("equilibrium", {}).get("min_weight_decay"),
-    "wd_label": "decoupled weight decay λ"
-    if name in _train.DECOUPLED
-    else "L2 coefficient λ",
+def _timing(result) -> dict[str, Any]:
+  """``sweep.json``'s timing of one grid: its run, and the one-at-a-time runs."""
+  return {
+    "configs": result.metrics["angular_update"].size,
+    "vmapped_seconds": result.run["seconds"],
+    **{k: v for k, v in result.run.items() if k != "seconds"},
   }
-  if name in _train.DECOUPLED:
-    panel["predicted"] = _summary.grid(rows, name, "predicted_angular_update")[2][0]
-  return panel
+
+
+def _hardware(timing: dict[str, Any]) -> dict[str, Any]:
+  """What the grids ran on: the devices and processes the mesh spanned."""
+  import jax
+
+  return {
+    "platform": jax.default_backend(),
+    "devices": timing["devices"],
+    "processes": timing["processes"],
+  }
 
 
 def _report(name: str, summary: dict, timing: dict, steps: int) -> list[str]:
@@ -183,13 +180,14 @@ def budgets(
   batch_size: int,
   settings: dict[str, Any],
   compensation: str | None = "auto",
+  **options: Any,
 ) -> Study:
   """AdamW over λ at one α for several run lengths; the slope of log λ* vs
   log steps, next to normalized weight decay's −0.5."""
-  runs = []
+  runs, result = [], None
   for steps in budgets_:
     print(f"adamw, {steps} steps: {len(weight_decays)} wd x {len(seeds)} seed(s) ...")
-    arrays, seconds, _ = _sweep.run_grid(
+    result = _sweep.run_grid(
       "adamw",
       data,
       arch,
@@ -199,8 +197,10 @@ def budgets(
       steps=steps,
       batch_size=batch_size,
       compensation=compensation,
+      **options,
     )
-    errors = arrays["test_error"].mean(axis=-1)[0]
+    errors = result.metrics["test_error"].mean(axis=-1)[0]
+    seconds = result.run["seconds"]
     best = _summary.refined_minimum(weight_decays, errors)
     edge = _summary.best_at_edge(errors)
     print(
@@ -222,8 +222,10 @@ def budgets(
     f"slope of log(best wd) against log(steps): {slope:+.2f} (normalized weight "
     "decay predicts -0.50; 0 means the best raw wd does not depend on the budget)"
   )
+  assert result is not None, "at least one budget"
   payload = {
     "settings": settings,
+    "hardware": _hardware(result.run),
     "learning_rate": learning_rate,
     "weight_decays": [float(w) for w in weight_decays],
     "runs": runs,

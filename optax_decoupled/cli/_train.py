@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,44 +21,21 @@ from flax import nnx
 import optax_decoupled as odx
 from optax_decoupled.cli import _models
 from optax_decoupled.cli._data import Split
+from optax_decoupled.sweep._engine import batch_indices, batch_key
+from optax_decoupled.sweep._optimizers import (
+  DECOUPLED,
+  OPTIMIZER_TABLE,
+  RESTARTS,
+  equilibrium_angular_update,
+  schedule_values,
+)
 
-#: The optimizers the command line knows: library factory and its flags.
-#: ``*_cautious`` decays only where the step already moves a weight toward
-#: zero; ``*_corrected`` scales λ by ``η_t / η_max`` (decay ``λ η_t² / η_max``).
-OPTIMIZER_TABLE: dict[str, tuple[Callable[..., Any], dict[str, bool]]] = {
-  "adamw": (odx.adamw, {}),
-  "adam_l2": (odx.adam_l2, {}),
-  "sgdw": (odx.sgdw, {}),
-  "sgd_l2": (odx.sgd_l2, {}),
-  "adamwr": (odx.adamwr, {}),
-  "sgdwr": (odx.sgdwr, {}),
-  "adamw_cautious": (odx.adamw, {"cautious": True}),
-  "adamw_corrected": (odx.adamw, {"corrected": True}),
-  "sgdw_cautious": (odx.sgdw, {"cautious": True}),
-  "sgdw_corrected": (odx.sgdw, {"corrected": True}),
-}
 OPTIMIZERS = tuple(OPTIMIZER_TABLE)
 ADAM_TYPE = tuple(n for n in OPTIMIZERS if n.startswith("adam"))
-RESTARTS = ("adamwr", "sgdwr")
 #: ``η_t`` of the optimizers without restarts: one cosine over the run, a
 #: constant, the paper's step-drop, warmup-stable-decay (WSD; WSD-S with
 #: checkpoints).
 SCHEDULES = ("cosine", "constant", "step-drop", "wsd")
-DECOUPLED = tuple(n for n in OPTIMIZERS if not n.endswith("_l2"))
-
-
-def batch_indices(key, step, num_examples: int, batch_size: int):
-  """Indices of batch ``step``: epochs of a seeded permutation, remainder dropped."""
-  per_epoch = num_examples // batch_size
-  step = jnp.asarray(step, jnp.int32)
-  epoch, position = step // per_epoch, step % per_epoch
-  order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-  return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
-
-
-def batch_key(seed: int):
-  """The key of the batch order (independent of the model's init stream)."""
-  return jax.random.fold_in(jax.random.key(seed), 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,31 +160,6 @@ class Recipe:
     eta_t = schedule_values(self.eta(), steps)
     scale = 1.0 if self.optimizer in DECOUPLED else self.learning_rate
     return eta_t * lam_t * scale
-
-
-def angle_window(steps: int) -> slice:
-  """The middle half of a run, where the angular update is averaged."""
-  return slice(steps // 4, max(steps // 4 + 1, (3 * steps) // 4))
-
-
-#: β1 of Adam and the momentum of SGD, as the command line uses them.
-B1 = 0.9
-
-
-def equilibrium_angular_update(weight_decay, eta):
-  """``odx.equilibrium_angular_update`` at every step: ``sqrt(2 λ_t η_t
-  (1-β1)/(1+β1))``, the same form for AdamW and SGDW."""
-  return np.asarray(
-    odx.equilibrium_angular_update(
-      np.asarray(weight_decay, np.float64),
-      b1=B1,
-      schedule_multiplier=np.asarray(eta, np.float64),
-    )
-  )
-
-
-def schedule_values(schedule, steps: np.ndarray) -> np.ndarray:
-  return np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(steps, jnp.int32)))
 
 
 def train(

@@ -34,10 +34,13 @@ def grid(rows: list[dict], optimizer: str, key: str = "test_error"):
   return np.asarray(lrs), np.asarray(wds), values
 
 
-def summarize(rows: list[dict], optimizer: str) -> dict[str, Any]:
-  """Best cell, best λ per α, its spread, and the λ-transfer regret.
+def summarize(
+  rows: list[dict], optimizer: str, key: str = "test_error"
+) -> dict[str, Any]:
+  """Best cell, best λ per α, its spread, and the λ-transfer regret of ``key``
+  (lower is better).
 
-  - ``best_weight_decay_per_lr``: the λ of the lowest test error in each α row.
+  - ``best_weight_decay_per_lr``: the λ of the lowest ``key`` in each α row.
   - ``best_wd_spread_decades``: ``log10(max λ*) - log10(min λ*)`` over the α
     rows whose best error is within ``GOOD_ROW_FACTOR`` of the grid's best.
     Small when the best λ does not depend on α (separable); large when it
@@ -46,7 +49,7 @@ def summarize(rows: list[dict], optimizer: str) -> dict[str, Any]:
     averaged over all α rows; the mean over α rows of that column's error
     minus the row's own best error.
   """
-  lrs, wds, errors = grid(rows, optimizer)
+  lrs, wds, errors = grid(rows, optimizer, key)
   errors = _worst_if_missing(errors)
   i, j = np.unravel_index(np.argmin(errors), errors.shape)
   best_per_row = errors.min(axis=1)
@@ -58,10 +61,10 @@ def summarize(rows: list[dict], optimizer: str) -> dict[str, Any]:
     "best": {
       "learning_rate": float(lrs[i]),
       "weight_decay": float(wds[j]),
-      "test_error": float(errors[i, j]),
+      key: float(errors[i, j]),
     },
     "best_weight_decay_per_lr": [
-      {"learning_rate": float(a), "weight_decay": float(w), "test_error": float(e)}
+      {"learning_rate": float(a), "weight_decay": float(w), key: float(e)}
       for a, w, e in zip(lrs, best_wd, best_per_row, strict=True)
     ],
     "good_rows": [float(a) for a in lrs[good]],
