@@ -161,6 +161,7 @@ def test_sweep_writes_one_row_per_optimizer_lr_wd_and_a_heatmap(sweep_run):
     timing = sweep["timing"][name]
     assert timing["configs"] == 8 and timing["vmapped_seconds"] > 0, timing
     assert timing["sequential_configs_timed"] == 1, timing
+    assert timing["devices"] == 8 and timing["chunks"] == 1, timing  # conftest's 8
     summary = sweep["summary"][name]
     assert len(summary["best_weight_decay_per_lr"]) == 2, summary
     assert summary["best_wd_spread_decades"] >= 0, summary
@@ -171,6 +172,7 @@ def test_sweep_writes_one_row_per_optimizer_lr_wd_and_a_heatmap(sweep_run):
   )
   assert sorted(os.listdir(out)) == ["angular.png", "heatmap.png", "sweep.json"]
   assert _is_png(out / "heatmap.png") and _is_png(out / "angular.png")
+  assert sweep["hardware"] == {"platform": "cpu", "devices": 8, "processes": 1}
 
 
 @pytest.mark.parametrize("optimizer", ["adam_l2", "adamw"])
@@ -325,6 +327,10 @@ def _bad_inputs(tmp_path):
       "adamwr/sgdwr",
     ),
     "grid 0": (["sweep", "--grid", "0"], "'0'"),
+    "chunk not a multiple of the devices": (
+      ["sweep", "--chunk-size", "12"],
+      "--chunk-size 12 is not a multiple of the 8 devices",
+    ),
     "grid 3 sizes": (["sweep", "--grid", "2x3x4"], "AxL"),
     "grid half": (["sweep", "--grid", "3x"], "'3x' must be AxL or N"),
     "budgets with optimizers": (
@@ -368,6 +374,7 @@ def _bad_inputs(tmp_path):
     "batch > data",
     "cycle on adamw",
     "grid 0",
+    "chunk not a multiple of the devices",
     "grid 3 sizes",
     "grid half",
     "budgets with optimizers",
@@ -397,6 +404,29 @@ def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(
   assert expected in err and "Traceback" not in err, err
   assert not out.exists(), os.listdir(out)
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".optax")]
+
+
+@pytest.mark.parametrize(
+  "env, expected",
+  [
+    ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two' must be an integer"),
+    ({"JAX_NUM_PROCESSES": "0"}, "JAX_NUM_PROCESSES=0 must be >= 1"),
+    (
+      {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+      "JAX_PROCESS_ID=2 must be in [0, 2)",
+    ),
+  ],
+)
+def test_a_bad_process_environment_is_refused_before_joining(
+  tmp_path, capsys, monkeypatch, env, expected
+):
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  out = tmp_path / "out"
+  assert _cli.main(["sweep", "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert expected in err and len(err.strip().splitlines()) == 1, err
+  assert not out.exists()
 
 
 @pytest.mark.parametrize("command", ["train", "sweep", "schedule"])

@@ -268,7 +268,9 @@ def test_a_grid_larger_than_the_memory_runs_in_chunks_that_fit():
 
 def test_a_budget_below_one_configuration_is_refused_before_training():
   calls = []
-  with pytest.raises(ValueError, match=r"memory=1000 bytes per device: even one"):
+  with pytest.raises(
+    ValueError, match=r"memory=1000 \(0 MiB per device\) is less than one configuration"
+  ):
     _run(mesh=_mesh(1), memory=1000, loss=_counting(calls))
   assert calls == []
 
@@ -466,16 +468,38 @@ TINY = [
 ]  # fmt: skip
 
 
-def _cli(out, env, **kwargs):
-  return subprocess.Popen(
-    [sys.executable, "-m", "optax_decoupled", *TINY, "--out", str(out)],
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-    cwd=HERE.parent,
-    **kwargs,
+def _launch(out, processes):
+  """``optax-decoupled sweep`` on 8 host devices split over ``processes``
+  processes joined on 127.0.0.1; their exit codes and logs."""
+  base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  base.update(
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
   )
+  if processes > 1:
+    base.update(
+      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
+      JAX_NUM_PROCESSES=str(processes),
+    )
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", "optax_decoupled", *TINY, "--out", str(out)],
+      env=dict(base, **({"JAX_PROCESS_ID": str(i)} if processes > 1 else {})),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      cwd=HERE.parent,
+    )
+    for i in range(processes)
+  ]
+  try:
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  return [p.returncode for p in procs], logs
 
 
 @pytest.mark.slow
@@ -486,36 +510,10 @@ def test_two_processes_write_the_sweep_of_one(tmp_path):
   trains the same configurations), written once, by process 0."""
   pytest.importorskip("flax")
   pytest.importorskip("mnist1d")
-  base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  base.update(JAX_PLATFORMS="cpu")
-  single = _cli(
-    tmp_path / "one",
-    dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-  )
-  log = single.communicate(timeout=300)[0]
-  assert single.returncode == 0, log[-3000:]
-  port = _free_port()
-  procs = [
-    _cli(
-      tmp_path / "two",
-      dict(
-        base,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
-        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-        JAX_NUM_PROCESSES="2",
-        JAX_PROCESS_ID=str(i),
-      ),
-    )
-    for i in range(2)
-  ]
-  logs = []
-  try:
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)[-3000:]
+  codes, logs = _launch(tmp_path / "one", 1)
+  assert codes == [0], logs
+  codes, logs = _launch(tmp_path / "two", 2)
+  assert codes == [0, 0], "\n".join(logs)[-3000:]
   one = json.loads((tmp_path / "one" / "sweep.json").read_text())
   two = json.loads((tmp_path / "two" / "sweep.json").read_text())
   assert one["hardware"] == {"platform": "cpu", "devices": 8, "processes": 1}
@@ -527,3 +525,60 @@ def test_two_processes_write_the_sweep_of_one(tmp_path):
     "sweep.json",
   ]
   assert "->" in logs[0] and "->" not in logs[1]  # only process 0 wrote
+
+
+@pytest.mark.slow
+def test_an_out_that_process_0_refuses_stops_every_process(tmp_path):
+  """--out is a file: process 0 refuses it, process 1 hears so and stops too,
+  both before training; the file is untouched."""
+  pytest.importorskip("flax")
+  pytest.importorskip("mnist1d")
+  out = tmp_path / "taken"
+  out.write_text("keep me")
+  codes, logs = _launch(out, 2)
+  assert codes == [2, 2], logs
+  assert "exists and is not a folder" in logs[0], logs[0]
+  assert "process 0 refused it" in logs[1], logs[1]
+  assert "grid x" not in "".join(logs)  # no grid started
+  assert out.read_text() == "keep me"
+
+
+# ------------------------------------------------------------ the examples
+
+
+def _example(name):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    name, HERE.parent / "examples" / f"{name}.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_equinox_example_sweeps_an_equinox_model():
+  pytest.importorskip("equinox")
+  pytest.importorskip("sklearn")
+  results = _example("sweep_equinox").main(["--steps", "30", "--grid", "2", "2"])
+  assert [r.optimizer for r in results] == ["adam_l2", "adamw"]
+  for r in results:
+    assert r.metrics["test_error"].shape == (2, 2, 2)
+    assert np.all(r.metrics["test_error"] < 0.9)  # it learned something in 30 steps
+    # only the hidden kernel is decayed and tracked: its angular update moved
+    assert np.all(r.metrics["angular_update"] > 0)
+
+
+def test_the_cnn_example_writes_both_models(tmp_path):
+  pytest.importorskip("flax")
+  pytest.importorskip("sklearn")
+  payloads = _example("sweep_digits_cnn").main(
+    ["--out", str(tmp_path), "--steps", "10", "--grid", "2", "2", "--seeds", "1"]
+  )
+  assert sorted(os.listdir(tmp_path)) == [
+    "bn.json", "heatmap-bn.png", "heatmap-plain.png", "plain.json",
+  ]  # fmt: skip
+  for name in ("bn", "plain"):
+    saved = json.loads((tmp_path / f"{name}.json").read_text())
+    assert saved["summary"].keys() == {"adam_l2", "adamw"}
+    assert len(saved["rows"]) == 8 and saved == json.loads(json.dumps(payloads[name]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 def clock() -> Callable[[str], dict[str, Any]]:
   """Starts timing; the returned ``stop(measures)`` gives the wall and CPU
   seconds since (this process, all threads), the cores, the 1-minute load
-  average at the end, and what was timed."""
+  average at the end, the process's peak resident memory, and what was
+  timed."""
   started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
 
   def stop(measures: str) -> dict[str, Any]:
@@ -25,6 +27,8 @@ def clock() -> Callable[[str], dict[str, Any]]:
       - before.ru_stime,
       "cpus": os.cpu_count(),
       "load_average": os.getloadavg()[0],
+      # ru_maxrss is in KiB on Linux (bytes on macOS): the process's peak.
+      "peak_rss_bytes": after.ru_maxrss * (1 if sys.platform == "darwin" else 1024),
       "measures": measures,
     }
 

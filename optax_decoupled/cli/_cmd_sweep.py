@@ -123,6 +123,7 @@ def run(args):
   if len(set(names)) != len(names):
     raise _args.UsageError(f"--optimizers {args.optimizers!r} repeats a name")
   _distributed.initialize(args)
+  _check_chunk(args.chunk_size)
   writer = _distributed.claim_out(args.out, overwrite=args.overwrite)
   stop = _clock.clock()
   options = {
@@ -181,9 +182,9 @@ def run(args):
   if args.budgets:
     grids = sum(r["vmapped_seconds"] for r in study.payload["runs"])
     print(
-      f"{grids:.0f} s in the {len(args.budgets)} grids (compile included) of "
-      f"{study.payload['time']['wall_seconds']:.0f} s; the rest is outside the "
-      "timed grids: the data, each run's initial state and batch order"
+      f"{grids:.0f} s in the {len(args.budgets)} grids (each run's initial state, "
+      f"batch order and compilation included) of "
+      f"{study.payload['time']['wall_seconds']:.0f} s; the rest is the data"
     )
   if not writer:
     return 0
@@ -191,3 +192,14 @@ def run(args):
     study.write(tmp, _outputs.write_json)
   print(f"-> {args.out} ({_clock.describe_time(study.payload['time'])})")
   return 0
+
+
+def _check_chunk(chunk_size: int | None) -> None:
+  import jax
+
+  devices = jax.device_count()
+  if chunk_size is not None and chunk_size % devices:
+    raise _args.UsageError(
+      f"--chunk-size {chunk_size} is not a multiple of the {devices} devices "
+      f"({jax.process_count()} process(es)); pass a multiple of {devices}"
+    )

@@ -277,6 +277,55 @@ def equilibrium_blocks(default: dict, sgd: dict) -> dict[str, str]:
   }
 
 
+def cnn_blocks(bn: dict, plain: dict) -> dict[str, str]:
+  """examples/sweep_digits_cnn.py: the pattern on a CNN, with BatchNorm and without."""
+  lines = sweep_table(bn).split("\n")
+  lines[0] = lines[0].replace("| |", "| CNN |", 1)
+  lines[1] = "|---" + lines[1]
+  lines[0] = lines[0].replace("| CNN |", "| CNN | |", 1)
+  rows = []
+  for name, payload in (("BatchNorm", bn), ("no normalization", plain)):
+    rows += [f"| {name} " + r for r in sweep_table(payload).split("\n")[2:]]
+  table = "\n".join(lines[:2] + rows)
+
+  def most(summary: dict, grid: list[float]) -> str:
+    """How many α rows share the most common best λ, and which λ."""
+    best = [r["weight_decay"] for r in _rows(summary)]
+    top = max(set(best), key=best.count)
+    edge = " (the grid's smallest: no decay helps)" if top == min(grid) else ""
+    return f"{_e(top)} in {best.count(top)} of {len(best)} α rows{edge}"
+
+  def verdict(payload: dict) -> str:
+    s = payload["summary"]
+    l2 = s["adam_l2"]["best_wd_spread_decades"]
+    w = s["adamw"]["best_wd_spread_decades"]
+    if w < l2:
+      shape = "AdamW's best λ moves less with α than Adam+L2's"
+    elif w == l2:
+      shape = "AdamW's and Adam+L2's best λ move equally with α"
+    else:
+      shape = "AdamW's best λ moves more with α than Adam+L2's"
+    grid = sorted({r["weight_decay"] for r in payload["rows"]})
+    return (
+      f"{shape} over the good rows ({w:.1f} against {l2:.1f} decades); the most "
+      f"common best λ is AdamW's {most(s['adamw'], grid)}, Adam+L2's "
+      f"{most(s['adam_l2'], grid)}; one λ for every α costs AdamW "
+      f"{_points(s['adamw']['transfer_regret'])} and Adam+L2 "
+      f"{_points(s['adam_l2']['transfer_regret'])}. "
+      f"{_versus(payload, 'adamw', 'adam_l2')}"
+    )
+
+  examples = bn["settings"]["test_examples"]
+  return {
+    "table": table,
+    "findings": (
+      f"**With BatchNorm**, {verdict(bn)}. **Without normalization**, "
+      f"{verdict(plain)}. One test example is {100 / examples:.2f} points of the "
+      f"{examples}."
+    ),
+  }
+
+
 def render_all(load: Any) -> dict[str, dict[str, str]]:
   """Every sweep-family block, by study, from ``load(path) -> payload``."""
   default = load("sweep/sweep.json")
@@ -289,4 +338,5 @@ def render_all(load: Any) -> dict[str, dict[str, str]]:
     "budgets": budgets_blocks(load("budgets/budgets.json")),
     "corrected": corrected_blocks(load("corrected/corrected.json")),
     "equilibrium": equilibrium_blocks(default, sgd),
+    "sweep-cnn": cnn_blocks(load("sweep-cnn/bn.json"), load("sweep-cnn/plain.json")),
   }

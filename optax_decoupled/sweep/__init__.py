@@ -22,7 +22,7 @@ of every process and cut into chunks that fit in memory.
 
 from optax_decoupled.sweep._nnx import Model, from_nnx
 from optax_decoupled.sweep._optimizers import OPTIMIZERS
-from optax_decoupled.sweep._result import SweepResult, angular, heatmaps
+from optax_decoupled.sweep._result import SweepResult, angular, heatmaps, write_json
 from optax_decoupled.sweep._run import run
 from optax_decoupled.sweep._summary import GOOD_ROW_FACTOR
 
@@ -35,4 +35,5 @@ __all__ = [
   "from_nnx",
   "heatmaps",
   "run",
+  "write_json",
 ]

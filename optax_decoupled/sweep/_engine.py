@@ -67,7 +67,7 @@ def init_states(init: Callable, seeds: list[int]):
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
-def _selected(mask, params) -> list:
+def selected(mask, params) -> list:
   """The leaves of ``params`` where ``mask`` (a bool pytree or a callable
   params -> bool pytree, as optax's ``mask=``) is True."""
   flags = mask(params) if callable(mask) else mask
@@ -110,7 +110,7 @@ def make_run(
       updates, opt_state = tx.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       angles = odx.angular_update(
-        _selected(angular, params), _selected(angular, new_params)
+        selected(angular, params), selected(angular, new_params)
       )
       angle = jnp.mean(jnp.stack(angles)) if angles else jnp.float32(0.0)
       return (new_params, state, opt_state), angle
@@ -163,7 +163,8 @@ class Program:
     self.replicated = NamedSharding(mesh, P())
     host = jax.tree.map(np.asarray, (inits, tables, data))
     self.fixed = jax.tree.map(lambda a: _global(a, self.replicated), host)
-    self.one = one
+    self._compiled: dict[int, Any] = {}
+    self.compile_seconds = 0.0  # every size compiled, the memory probes included
     # Each device vmaps its own configurations: the numbers of a device
     # depend only on how many configurations it trains at once.
     batched = jax.vmap(one, in_axes=(0, 0, 0, None, None, None))
@@ -184,12 +185,18 @@ class Program:
     return lr, wd, k, *self.fixed
 
   def compile(self, size: int):
-    """The program for ``size`` configurations (a multiple of the devices)."""
+    """The program for ``size`` configurations (a multiple of the devices),
+    compiled once."""
+    if size in self._compiled:
+      return self._compiled[size]
     shapes = [
       jax.ShapeDtypeStruct((size,), dtype, sharding=self.split)
       for dtype in (jnp.float32, jnp.float32, jnp.int32)
     ]
-    return self.function.lower(*shapes, *self.fixed).compile()
+    start = time.perf_counter()
+    self._compiled[size] = self.function.lower(*shapes, *self.fixed).compile()
+    self.compile_seconds += time.perf_counter() - start
+    return self._compiled[size]
 
   def bytes_per_device(self, size: int) -> int | None:
     return _memory.compiled_bytes(self.compile(size))
@@ -203,9 +210,7 @@ class Program:
     n = len(rows)
     chunks = math.ceil(n / chunk)
     padded = np.concatenate([rows, np.repeat(rows[:1], chunks * chunk - n, 0)])
-    start = time.perf_counter()
     compiled = self.compile(chunk)
-    compile_seconds = time.perf_counter() - start
     outputs = []
     bar = _progress(chunks, progress)
     first = None
@@ -228,7 +233,7 @@ class Program:
       "processes": jax.process_count(),
       "chunks": chunks,
       "configs_per_chunk": chunk,
-      "compile_seconds": compile_seconds,
+      "compile_seconds": self.compile_seconds,
       "memory_per_device_bytes": _memory.compiled_bytes(compiled),
     }
     return metrics, info
@@ -245,16 +250,26 @@ def _progress(total: int, enabled: bool):
   )
 
 
+def _agreed(budget: int | None) -> int | None:
+  """The smallest budget of all processes, so that all run the same chunks."""
+  if jax.process_count() == 1:
+    return budget
+  found = multihost_utils.process_allgather(np.int64(-1 if budget is None else budget))
+  known = [int(b) for b in np.ravel(found) if b >= 0]
+  return min(known) if known else None
+
+
 def choose_chunk(
   program: Program, n: int, *, chunk_size: int | None, memory: int | None
 ) -> int:
   """Configurations per chunk: ``chunk_size``, or the most that fit in
-  ``memory`` bytes per device (default: what each device has free now)."""
+  ``memory`` bytes per device (default: what each device has free now), by
+  XLA's account of the compiled program."""
   d = program.devices
   whole = d * math.ceil(n / d)
   if chunk_size is not None:
     return min(chunk_size, whole)
-  budget = _memory.budget(program.mesh, memory)
+  budget = _agreed(_memory.budget(program.mesh, memory))
   if budget is None:
     return whole
   full = program.bytes_per_device(whole)
@@ -262,12 +277,20 @@ def choose_chunk(
     return whole
   one = program.bytes_per_device(d)
   assert one is not None  # the same backend answered for the whole grid
-  per_config = (full - one) / max(whole // d - 1, 1)  # per configuration per device
   if one > budget:
+    given = f"memory={memory}" if memory is not None else "the memory free"
     raise ValueError(
-      f"memory={budget} bytes per device: even one configuration per device "
-      f"needs about {one} bytes ({_memory.size(one)}); lower steps, batch_size "
-      "or the model's size, or give more memory"
+      f"{given} ({_memory.size(budget)} per device) is less than one "
+      f"configuration per device needs ({one} bytes, {_memory.size(one)}); lower "
+      "steps, batch_size or the model's size, or give more memory"
     )
-  fits = 1 + int((budget - one) // per_config) if per_config > 0 else whole // d
-  return d * max(1, min(fits, whole // d))
+  # Memory grows about linearly with the configurations per device; check
+  # the estimate on the compiled chunk, and shrink it if it is over.
+  per_config = (full - one) / max(whole // d - 1, 1)
+  chunk = d * max(1, min(1 + int((budget - one) // max(per_config, 1)), whole // d))
+  for _ in range(3):
+    used = program.bytes_per_device(chunk)
+    if used is None or used <= budget or chunk == d:
+      break
+    chunk = d * max(1, int(chunk // d * budget / used))
+  return chunk

@@ -90,6 +90,22 @@ def unit_decay(optimizer: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
   return eta_t, lam_t
 
 
+def prediction(
+  optimizer: str, steps: int, weight_decays: np.ndarray, window: slice
+) -> tuple[np.ndarray, float]:
+  """Per λ, the rotational-equilibrium angular update averaged over
+  ``window``; and the run's mean decay rate per unit λ (for the time to
+  reach equilibrium)."""
+  eta_t, lam_t = unit_decay(optimizer, steps)
+  predicted = np.asarray(
+    [
+      np.mean(equilibrium_angular_update(w * lam_t[window], eta_t[window]))
+      for w in weight_decays
+    ]
+  )
+  return predicted, float((eta_t * lam_t * 1.0).mean())
+
+
 def equilibrium_angular_update(weight_decay, eta):
   """``odx.equilibrium_angular_update`` at every step: ``sqrt(2 λ_t η_t
   (1-β1)/(1+β1))``, the same form for AdamW and SGDW."""

@@ -218,10 +218,10 @@ def run(
   start = time.perf_counter()
   inits = _engine.init_states(init, seeds)
   params, state = jax.tree.map(lambda a: a[0], inits)
-  batch = jax.tree.map(lambda a: jnp.asarray(a)[:batch_size], data)
+  batch = jax.tree.map(lambda a: np.asarray(a)[:batch_size], data)
   _check_loss(loss, params, state, batch)
   _check_metrics(evaluate, params, state, metric)
-  _engine._selected(angular, params)  # its flags fit the params
+  _engine.selected(angular, params)  # its flags fit the params
   tx = make_tx(jnp.float32(1.0), jnp.float32(1.0))
   if not isinstance(tx, optax.GradientTransformation):
     raise TypeError(
@@ -238,22 +238,13 @@ def run(
   shape = (len(lrs), len(wds), len(seeds))
   metrics = {k: np.asarray(v, np.float64).reshape(shape) for k, v in metrics.items()}
 
-  predicted = eta_mean = None
-  decoupled = None
+  decoupled = predicted = eta_mean = None
   if isinstance(optimizer, str):
     decoupled = optimizer in _optimizers.DECOUPLED
-  if isinstance(optimizer, str) and decoupled:
-    eta_t, lam_t = _optimizers.unit_decay(optimizer, steps)
-    eta_mean = float((eta_t * lam_t * 1.0).mean())
-    window = _engine.angle_window(steps)
-    predicted = np.asarray(
-      [
-        np.mean(
-          _optimizers.equilibrium_angular_update(w * lam_t[window], eta_t[window])
-        )
-        for w in wds
-      ]
-    )
+    if decoupled:
+      predicted, eta_mean = _optimizers.prediction(
+        optimizer, steps, wds, _engine.angle_window(steps)
+      )
   return SweepResult(
     optimizer=label,
     learning_rates=lrs,
