@@ -28,15 +28,6 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 
 
-def _precision_module():
-  path = os.path.join(ROOT, "benchmarks", "precision.py")
-  spec = importlib.util.spec_from_file_location("precision_study", path)
-  assert spec is not None and spec.loader is not None
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _load(path: str) -> dict:
   with open(os.path.join(DOCS, path), encoding="utf-8") as f:
     return json.load(f)
@@ -48,8 +39,17 @@ def _restarts() -> dict[str, str]:
   return _restarts.render(_load("restarts/restarts.json"))
 
 
+def _benchmark(name: str):
+  path = os.path.join(ROOT, "benchmarks", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"{name}_study", path)
+  assert spec is not None and spec.loader is not None
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _precision() -> dict[str, str]:
-  module = _precision_module()
+  module = _benchmark("precision")
   return module.render(_load("precision.json"), module.load_sweeps(DOCS))
 
 
@@ -61,6 +61,9 @@ def rendered() -> dict[str, dict[str, str]]:
     **_reports.render_all(_load),
     "restarts": _restarts(),
     "precision": _precision(),
+    "sweep-devices": _benchmark("sweep_devices").render(
+      _load("sweep-devices/devices.json")
+    ),
   }
 
 
@@ -91,6 +94,24 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     ["sweep-bf16-none/sweep.json"],
   ),
   "restarts": ([*_CLI, "restarts"], ["restarts/restarts.json"]),
+  "sweep-cnn": (
+    [
+      sys.executable,
+      os.path.join("examples", "sweep_digits_cnn.py"),
+      "--out",
+      "docs/sweep-cnn",
+    ],
+    ["sweep-cnn/bn.json", "sweep-cnn/plain.json"],
+  ),
+  "sweep-devices": (
+    [
+      sys.executable,
+      os.path.join("benchmarks", "sweep_devices.py"),
+      "--out",
+      "docs/sweep-devices",
+    ],
+    ["sweep-devices/devices.json"],
+  ),
   "corrected": (
     [sys.executable, os.path.join("examples", "corrected_decay.py")],
     ["corrected/corrected.json"],
@@ -125,6 +146,12 @@ TIMING_KEYS = {
   "load_average",
   "vmapped_seconds",
   "elapsed_seconds",
+  "hardware",
+  "per_process",
+  "grid_seconds",
+  "one_piece_seconds",
+  "extrapolated_seconds",
+  "compile_seconds",
 }
 
 
@@ -253,7 +280,7 @@ def render_pages() -> None:
       with open(page, "w", encoding="utf-8") as f:
         f.write(new)
       print(f"rewrote {os.path.relpath(page, ROOT)}")
-  module = _precision_module()
+  module = _benchmark("precision")
   module.figure(os.path.join(DOCS, "precision.png"), _load("precision.json")["curves"])
 
 

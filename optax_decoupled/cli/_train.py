@@ -1,8 +1,8 @@
 """The command line's model, optimizers and training loop (Flax NNX).
 
 A small MLP classifier trained with one of the paper's optimizers through
-``nnx.Optimizer``. The pieces (model, batch order, optimizer recipe, loss) are
-shared with the vmapped sweep in ``_sweep.py``, which runs them functionally.
+``nnx.Optimizer``. The batch order and the named optimizers are those of
+:mod:`optax_decoupled.sweep`, so that one run here is one cell of a sweep.
 """
 
 from __future__ import annotations

@@ -213,18 +213,16 @@ class Program:
     compiled = self.compile(chunk)
     outputs = []
     bar = _progress(chunks, progress)
-    first = None
     for c in range(chunks):
       t = time.perf_counter()
       out = _to_host(compiled(*self._inputs(padded[c * chunk : (c + 1) * chunk])))
       outputs.append(out)
       if c == 0 and chunks > 1:
         first = time.perf_counter() - t
-        if progress:
-          bar.write(
-            f"{chunks} chunks of {chunk} configurations; the first took "
-            f"{first:.1f} s, so about {first * (chunks - 1):.0f} s more"
-          )
+        bar.write(
+          f"{chunks} chunks of {chunk} configurations; the first took "
+          f"{first:.1f} s, so about {first * (chunks - 1):.0f} s more"
+        )
       bar.update(1)
     bar.close()
     metrics = {k: np.concatenate([o[k] for o in outputs])[:n] for k in outputs[0]}
@@ -239,15 +237,26 @@ class Program:
     return metrics, info
 
 
-def _progress(total: int, enabled: bool):
-  from tqdm.auto import tqdm
+class _Quiet:
+  """What the loop asks of a progress bar, when none is shown."""
 
-  return tqdm(
-    total=total,
-    unit="chunk",
-    desc="sweep",
-    disable=not enabled or total == 1 or jax.process_index() != 0,
-  )
+  def update(self, n: int) -> None:
+    del n
+
+  def write(self, line: str) -> None:
+    del line
+
+  def close(self) -> None:
+    pass
+
+
+def _progress(total: int, enabled: bool):
+  """A tqdm bar over chunks (process 0, more than one chunk, ``enabled``)."""
+  if not enabled or total == 1 or jax.process_index() != 0:
+    return _Quiet()
+  from tqdm.auto import tqdm  # the sweep extra
+
+  return tqdm(total=total, unit="chunk", desc="sweep")
 
 
 def _agreed(budget: int | None) -> int | None:
