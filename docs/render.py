@@ -1,7 +1,7 @@
 """Regenerates the studies behind the docs, and renders their numbers into the pages.
 
 ``python docs/render.py --regenerate`` reruns every study of :data:`COMMANDS`
-into its folder under ``docs/`` (its JSON next to its pictures; about 30
+into its folder under ``docs/`` (its JSON next to its pictures; about 45
 minutes on 2 cores), then rewrites the pages. ``python docs/render.py`` only
 rewrites the pages from the committed JSON. ``--regenerate NAME ...`` reruns
 some. ``--check`` compares the regenerated JSON with the committed one
